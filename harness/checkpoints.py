@@ -1,0 +1,217 @@
+"""Resolving ``--model`` to a loaded openai-whisper model: a name, a file, synthetic or fixture.
+
+Every kind ends in the same place, ``whisper.load_model(<file>)``, so a synthetic checkpoint is
+loaded by exactly the code that loads a real one. Before that, the file is checked against the
+module tree its own dims describe, so a bad file gets one line naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import whisper
+from whisper.model import AudioEncoder, ModelDimensions, TextDecoder, Whisper
+
+from harness.errors import HarnessError
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE_MODELS = {"speech": REPO / "fixtures" / "models" / "speech.pt"}
+SYNTHETIC_SEED = 0
+SYNTHETIC_FORMAT = 1  # bump when the synthetic initialisation changes, to regenerate caches
+
+# openai-whisper's published dims, for building synthetic checkpoints of each size.
+_TEXT_CTX, _AUDIO_CTX = 448, 1500
+_SIZES = {  # name: (n_mels, n_vocab, state, heads, audio layers, text layers)
+    "tiny": (80, 51865, 384, 6, 4, 4),
+    "base": (80, 51865, 512, 8, 6, 6),
+    "small": (80, 51865, 768, 12, 12, 12),
+    "medium": (80, 51865, 1024, 16, 24, 24),
+    "large-v1": (80, 51865, 1280, 20, 32, 32),
+    "large-v2": (80, 51865, 1280, 20, 32, 32),
+    "large-v3": (128, 51866, 1280, 20, 32, 32),
+    "large": (128, 51866, 1280, 20, 32, 32),
+    "large-v3-turbo": (128, 51866, 1280, 20, 32, 4),
+    "turbo": (128, 51866, 1280, 20, 32, 4),
+}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded model and where its weights came from (reports never hide which)."""
+
+    name: str
+    weights: str  # "pretrained" | "synthetic" | "fixture"
+    path: Path
+    sha256: str
+    model: Whisper
+
+    @property
+    def dims(self) -> ModelDimensions:
+        return self.model.dims
+
+
+def official_dims(name: str) -> ModelDimensions:
+    """The dims of openai-whisper's checkpoint ``name`` (``.en`` models have one token fewer)."""
+    size = name.removesuffix(".en")
+    if size not in _SIZES or name not in whisper.available_models():
+        raise HarnessError(f"unknown model {name!r}; known: {', '.join(whisper.available_models())}")
+    n_mels, n_vocab, state, heads, audio_layers, text_layers = _SIZES[size]
+    return ModelDimensions(
+        n_mels=n_mels,
+        n_vocab=n_vocab - 1 if name.endswith(".en") else n_vocab,
+        n_audio_ctx=_AUDIO_CTX,
+        n_audio_state=state,
+        n_audio_head=heads,
+        n_audio_layer=audio_layers,
+        n_text_ctx=_TEXT_CTX,
+        n_text_state=state,
+        n_text_head=heads,
+        n_text_layer=text_layers,
+    )
+
+
+def load(spec: str) -> Checkpoint:
+    """Load ``spec``: ``synthetic:<name>``, ``fixture:<name>``, a file path, or a model name."""
+    kind, _, name = spec.partition(":")
+    if kind == "synthetic" and name:
+        return _load_file(synthetic_checkpoint(name), spec, "synthetic")
+    if kind == "fixture" and name:
+        if name not in FIXTURE_MODELS:
+            raise HarnessError(f"unknown fixture model {name!r}; known: {', '.join(FIXTURE_MODELS)}")
+        return _load_file(FIXTURE_MODELS[name], spec, "fixture")
+    if spec in whisper.available_models():
+        return _load_file(_download(spec), spec, "pretrained")
+    path = Path(spec).expanduser()
+    if path.suffix == ".pt" or os.sep in spec or path.exists():
+        return _load_file(path, spec, "pretrained")
+    raise HarnessError(
+        f"unknown model {spec!r}: give a name ({', '.join(whisper.available_models())}), "
+        "a checkpoint path, synthetic:<name> or fixture:<name>"
+    )
+
+
+def cache_dir() -> Path:
+    root = os.getenv("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    return Path(root)
+
+
+def pretrained_available(name: str) -> bool:
+    """Whether openai-whisper's checkpoint ``name`` is already in its download cache."""
+    url = whisper._MODELS.get(name)
+    return url is not None and (cache_dir() / "whisper" / os.path.basename(url)).is_file()
+
+
+def _download(name: str) -> Path:
+    """The cached checkpoint file for ``name``, fetched through openai-whisper if need be."""
+    root = cache_dir() / "whisper"
+    try:
+        return Path(whisper._download(whisper._MODELS[name], str(root), in_memory=False))
+    except (OSError, RuntimeError) as error:  # urllib's URLError is an OSError
+        raise HarnessError(
+            f"checkpoint {name!r} is not in {root} and could not be downloaded ({error}); "
+            f"use a path or synthetic:{name}"
+        ) from None
+
+
+def synthetic_checkpoint(name: str, seed: int = SYNTHETIC_SEED) -> Path:
+    """The cache file of ``synthetic:<name>``, written once in openai-whisper's format."""
+    dims = official_dims(name)
+    path = cache_dir() / "max-whisper" / f"synthetic-{name}-seed{seed}-v{SYNTHETIC_FORMAT}.pt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = synthetic_state_dict(dims, seed)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            torch.save({"dims": asdict(dims), "model_state_dict": state}, tmp)
+        os.replace(tmp.name, path)
+    return path
+
+
+def synthetic_state_dict(dims: ModelDimensions, seed: int) -> dict[str, torch.Tensor]:
+    """Seeded random weights for every tensor of a ``Whisper(dims)``.
+
+    PyTorch's default init covers linears, convs and embeddings, but leaves the decoder's
+    positional embedding uninitialised (``torch.empty``) and every layer norm at weight 1,
+    bias 0; those are drawn here too, so that a swapped or missing norm changes the numbers.
+    """
+    torch.manual_seed(seed)
+    model = Whisper(dims)
+    generator = torch.Generator().manual_seed(seed)
+    state = model.state_dict()
+    for name, tensor in state.items():
+        if name == "decoder.positional_embedding":
+            tensor.normal_(0.0, 0.02, generator=generator)
+        elif "ln" in name.split(".")[-2]:  # attn_ln, mlp_ln, ln_post, ln
+            base = 1.0 if name.endswith("weight") else 0.0
+            tensor.normal_(base, 0.1, generator=generator)
+    return state
+
+
+def _load_file(path: Path, name: str, weights: str) -> Checkpoint:
+    _validate(path)
+    try:
+        model = whisper.load_model(str(path), device="cpu")
+    except Exception as error:  # noqa: BLE001 - anything _validate missed, said in one line
+        raise HarnessError(f"{path}: openai-whisper could not load it: {error}") from None
+    return Checkpoint(name, weights, path, _sha256(path), model.eval())
+
+
+def _validate(path: Path) -> None:
+    """Fail with one line if ``path`` is not a complete openai-whisper checkpoint."""
+    if not path.is_file():
+        raise HarnessError(f"{path}: checkpoint file not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise HarnessError(f"{path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= checkpoint.keys():
+        raise HarnessError(f"{path}: not an openai-whisper checkpoint (needs dims, model_state_dict)")
+    try:
+        dims = ModelDimensions(**checkpoint["dims"])
+    except TypeError as error:
+        raise HarnessError(f"{path}: bad dims ({error})") from None
+    expected = _expected_shapes(dims)
+    found = checkpoint["model_state_dict"]
+    problems = [f"missing {k}" for k in expected if k not in found]
+    problems += [f"unexpected {k}" for k in found if k not in expected]
+    problems += [
+        f"{k} has shape {tuple(found[k].shape)}, expected {tuple(shape)}"
+        for k, shape in expected.items()
+        if k in found and found[k].shape != shape
+    ]
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise HarnessError(f"{path}: bad checkpoint: {'; '.join(problems[:3])}{more}")
+
+
+def _expected_shapes(dims: ModelDimensions) -> dict[str, torch.Size]:
+    """The state-dict shapes of ``Whisper(dims)``, built on the meta device (no memory).
+
+    The halves are built apart because ``Whisper`` itself makes a sparse buffer, which the meta
+    device cannot; that buffer is not in the state dict anyway.
+    """
+    with torch.device("meta"):
+        halves = {
+            "encoder": AudioEncoder(
+                dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head,
+                dims.n_audio_layer,
+            ),
+            "decoder": TextDecoder(
+                dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head,
+                dims.n_text_layer,
+            ),
+        }
+    return {f"{half}.{k}": v.shape for half, m in halves.items() for k, v in m.state_dict().items()}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

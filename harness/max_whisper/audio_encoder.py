@@ -1,0 +1,118 @@
+"""The MAX audio encoder as compiled graphs: one per kind of stage, plus the fused whole.
+
+``stages()`` lists the encoder's stage boundaries in the order and with the names the tracer
+uses (``conv1``, ``conv2``, ``blocks.i``, ``ln_post``), so the parity runner can feed any stage
+either the PyTorch activation (isolated) or MAX's own previous output (chained).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from max.dtype import DType
+from max.engine import Model
+from max.graph import Graph, TensorType, TensorValue, ops
+from whisper.model import ModelDimensions
+
+from harness.max_whisper import encoder
+from harness.max_whisper.engine import Engine, to_numpy
+from harness.max_whisper.layers import Scope
+from harness.max_whisper.variant import FAITHFUL, Variant
+from harness.max_whisper.weights import registry
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage boundary: its traced name, the graph kind that computes it, its weights' prefix."""
+
+    name: str
+    kind: str
+    prefix: str
+
+
+class MaxAudioEncoder:
+    """openai-whisper's ``AudioEncoder`` run by MAX Engine, stage by stage or fused."""
+
+    def __init__(
+        self,
+        dims: ModelDimensions,
+        state_dict: Mapping[str, torch.Tensor],
+        engine: Engine,
+        variant: Variant = FAITHFUL,
+    ) -> None:
+        self.dims, self.engine, self.variant = dims, engine, variant
+        self.state_dict = state_dict
+        self._models: dict[str, Model] = {}
+
+    def stages(self) -> list[Stage]:
+        blocks = [
+            Stage(f"blocks.{i}", "block", f"encoder.blocks.{i}.")
+            for i in range(self.dims.n_audio_layer)
+        ]
+        return [
+            Stage("conv1", "conv1", "encoder."),
+            Stage("conv2", "conv2", "encoder."),
+            *blocks,
+            Stage("ln_post", "ln_post", "encoder."),
+        ]
+
+    def run_stage(self, stage: Stage, x: np.ndarray) -> np.ndarray:
+        """Run one stage on ``x`` (mel for conv1, else (batch, frames, state)); float32 out."""
+        return self._run(stage.kind, stage.prefix, x)
+
+    def __call__(self, mel: np.ndarray) -> np.ndarray:
+        """The fused encoder: mel (batch, n_mels, 2·n_audio_ctx) -> (batch, n_audio_ctx, state)."""
+        return self._run("encoder", "encoder.", mel)
+
+    def _run(self, kind: str, prefix: str, x: np.ndarray) -> np.ndarray:
+        model = self._model(kind, prefix)
+        return to_numpy(model.execute(self.engine.to_device(np.ascontiguousarray(x)))[0])
+
+    def _model(self, kind: str, prefix: str) -> Model:
+        key = kind + ":" + prefix
+        if key not in self._models:
+            graph = self._graph(kind)
+            compiled = self.engine.compile(lambda: graph, self._graph_name(kind))
+            weights = registry(self.state_dict, prefix, graph._weights, self.engine.torch_dtype)
+            self._models[key] = self.engine.init(compiled, weights)
+        return self._models[key]
+
+    def _graph_name(self, kind: str) -> str:
+        d = self.dims
+        shape = f"m{d.n_mels}c{d.n_audio_ctx}s{d.n_audio_state}h{d.n_audio_head}"
+        if kind == "encoder":
+            shape += f"l{d.n_audio_layer}"
+        return f"whisper_encoder_{kind}_{shape}_{self.engine.dtype}_{self.variant_tag}"
+
+    @property
+    def variant_tag(self) -> str:
+        return "faithful" if self.variant == FAITHFUL else f"v{abs(hash(self.variant)):x}"
+
+    def _graph(self, kind: str) -> Graph:
+        d, dtype = self.dims, self.engine.dtype
+        frames = 2 * d.n_audio_ctx
+        input_shape = {
+            "conv1": ["batch", d.n_mels, frames],
+            "encoder": ["batch", d.n_mels, frames],
+            "conv2": ["batch", frames, d.n_audio_state],
+        }.get(kind, ["batch", d.n_audio_ctx, d.n_audio_state])
+        build = self._builders()[kind]
+        scope = Scope("", dtype, self.engine.device_ref, self.variant)
+        input_type = TensorType(DType.float32, input_shape, scope.device)
+        with Graph(self._graph_name(kind), input_types=[input_type]) as graph:
+            x = ops.cast(graph.inputs[0].tensor, dtype)
+            graph.output(ops.cast(build(scope, x), DType.float32))
+        return graph
+
+    def _builders(self) -> dict[str, Callable[[Scope, TensorValue], TensorValue]]:
+        d = self.dims
+        return {
+            "conv1": lambda s, x: encoder.conv1(s, x, d.n_audio_state),
+            "conv2": lambda s, x: encoder.conv2(s, x, d.n_audio_ctx),
+            "block": lambda s, x: encoder.residual_attention_block(s, x, d.n_audio_head),
+            "ln_post": encoder.ln_post,
+            "encoder": lambda s, x: encoder.audio_encoder(s, x, d),
+        }

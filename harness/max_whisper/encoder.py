@@ -1,0 +1,100 @@
+"""openai-whisper's ``AudioEncoder`` in MAX Graph, one function per stage.
+
+Activations cross stage boundaries as (batch, frames, state), channels last, because MAX's
+convolution is NHWC and every later stage is (batch, ctx, state) anyway. Weight names are
+relative to the ``encoder`` module, except a block's, which are relative to the block, so that
+one compiled block graph serves every block.
+"""
+
+from __future__ import annotations
+
+from max.graph import TensorValue, ops
+from whisper.model import ModelDimensions
+
+from harness.max_whisper.layers import (
+    Scope,
+    attention,
+    gelu,
+    layer_norm,
+    linear,
+    merge_heads,
+    split_heads,
+)
+
+
+def conv1d(scope: Scope, x: TensorValue, n_in: int, n_out: int, stride: int, padding: int):
+    """``nn.Conv1d(kernel_size=3)`` over (batch, frames, n_in) as a 1-row NHWC conv2d."""
+    batch, frames, _ = x.shape
+    x = ops.reshape(x, [batch, 1, frames, n_in])  # (batch, H=1, W=frames, channels)
+    y = ops.conv2d(
+        x,
+        scope.weight("weight", [1, 3, n_in, n_out]),  # RSCF, see weights.py
+        stride=(1, stride),
+        padding=(0, 0, padding, padding),
+        bias=scope.weight("bias", [n_out]),
+    )
+    return ops.reshape(y, [batch, y.shape[2], n_out])
+
+
+def conv1(scope: Scope, mel: TensorValue, n_state: int) -> TensorValue:
+    """GELU(conv1(mel)): (batch, n_mels, frames) -> (batch, frames, state)."""
+    n_mels = int(mel.shape[1])
+    x = ops.permute(mel, [0, 2, 1])  # (batch, frames, n_mels)
+    return gelu(scope, conv1d(scope / "conv1", x, n_mels, n_state, stride=1, padding=1))
+
+
+def conv2(scope: Scope, x: TensorValue, n_ctx: int) -> TensorValue:
+    """GELU(conv2(x)) with stride 2, plus the positional embedding: the input of block 0."""
+    n_state = int(x.shape[-1])
+    x = conv1d(scope / "conv2", x, n_state, n_state, stride=2, padding=scope.variant.conv2_padding)
+    x = gelu(scope, x)
+    positions = scope.weight("positional_embedding", [n_ctx, n_state])
+    if scope.variant.positional_shift:  # planted fault: embedding off by some frames
+        positions = ops.concat(
+            [positions[scope.variant.positional_shift :], positions[: scope.variant.positional_shift]]
+        )
+    return x + positions
+
+
+def self_attention(scope: Scope, x: TensorValue, n_head: int) -> TensorValue:
+    """openai-whisper's ``MultiHeadAttention`` without mask or cache (the encoder's case)."""
+    n_state = int(x.shape[-1])
+    q = split_heads(scope, linear(scope / "query", x, n_state, n_state), n_head)
+    k = split_heads(scope, key_projection(scope, x, n_state), n_head)
+    v = split_heads(scope, linear(scope / "value", x, n_state, n_state), n_head)
+    return linear(scope / "out", merge_heads(attention(scope, q, k, v, mask=None)), n_state, n_state)
+
+
+def key_projection(scope: Scope, x: TensorValue, n_state: int) -> TensorValue:
+    """whisper's key projection has no bias; the ``key_bias`` fault borrows the value's."""
+    k = linear(scope / "key", x, n_state, n_state, bias=False)
+    if scope.variant.key_bias:
+        k = k + (scope / "value").weight("bias", [n_state])
+    return k
+
+
+def mlp(scope: Scope, x: TensorValue, n_state: int) -> TensorValue:
+    """Linear(state, 4·state) -> GELU -> Linear(4·state, state); whisper names them mlp.0, mlp.2."""
+    h = gelu(scope, linear(scope / 0, x, n_state, 4 * n_state))
+    return linear(scope / 2, h, 4 * n_state, n_state)
+
+
+def residual_attention_block(scope: Scope, x: TensorValue, n_head: int) -> TensorValue:
+    """Pre-norm self-attention and MLP, each added to the residual stream."""
+    n_state = int(x.shape[-1])
+    x = x + self_attention(scope / "attn", layer_norm(scope / "attn_ln", x, n_state), n_head)
+    return x + mlp(scope / "mlp", layer_norm(scope / "mlp_ln", x, n_state), n_state)
+
+
+def ln_post(scope: Scope, x: TensorValue) -> TensorValue:
+    if not scope.variant.ln_post:  # planted fault: the final layer norm forgotten
+        return x
+    return layer_norm(scope / "ln_post", x, int(x.shape[-1]))
+
+
+def audio_encoder(scope: Scope, mel: TensorValue, dims: ModelDimensions) -> TensorValue:
+    """The whole encoder in one graph: mel (batch, n_mels, frames) -> (batch, ctx, state)."""
+    x = conv2(scope, conv1(scope, mel, dims.n_audio_state), dims.n_audio_ctx)
+    for i in range(dims.n_audio_layer):
+        x = residual_attention_block(scope / "blocks" / i, x, dims.n_audio_head)
+    return ln_post(scope, x)

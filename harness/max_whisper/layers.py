@@ -1,0 +1,86 @@
+"""MAX Graph counterparts of openai-whisper's layers, named after the modules they mirror.
+
+Each layer declares its weights as MAX ``Weight``s under openai-whisper's own state-dict names
+(``blocks.0.attn.query.weight`` ...), so one compiled graph serves every checkpoint of the same
+shape: the values are bound at load time through the weights registry (see ``weights.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from max.dtype import DType
+from max.graph import DeviceRef, TensorValue, Weight, ops
+
+from harness.max_whisper.variant import Variant
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a layer's weights live: a state-dict prefix, their dtype and device.
+
+    ``variant`` carries build-time switches (the fault catalogue); the default is the faithful model.
+    """
+
+    prefix: str
+    dtype: DType
+    device: DeviceRef
+    variant: Variant = Variant()
+
+    def __truediv__(self, name: str | int) -> Scope:
+        return replace(self, prefix=f"{self.prefix}.{name}" if self.prefix else str(name))
+
+    def weight(self, name: str, shape: list[int]) -> Weight:
+        full = f"{self.prefix}.{name}" if self.prefix else name
+        return Weight(full, self.dtype, shape, self.device)
+
+
+def linear(scope: Scope, x: TensorValue, n_in: int, n_out: int, bias: bool = True) -> TensorValue:
+    """``nn.Linear``; the weight is stored pre-transposed as (n_in, n_out), see ``weights.py``."""
+    y = x @ scope.weight("weight", [n_in, n_out])
+    return y + scope.weight("bias", [n_out]) if bias else y
+
+
+def layer_norm(scope: Scope, x: TensorValue, n_state: int) -> TensorValue:
+    return ops.layer_norm(
+        x,
+        scope.weight("weight", [n_state]),
+        scope.weight("bias", [n_state]),
+        epsilon=scope.variant.layer_norm_eps,
+    )
+
+
+def gelu(scope: Scope, x: TensorValue) -> TensorValue:
+    return ops.gelu(x, approximate=scope.variant.gelu_approximate)
+
+
+def split_heads(scope: Scope, x: TensorValue, n_head: int) -> TensorValue:
+    """(batch, ctx, state) -> (batch, head, ctx, head_dim)."""
+    batch, ctx, state = x.shape
+    head_dim = int(state) // n_head
+    if not scope.variant.heads_transposed:  # planted fault: reinterpret memory, no transpose
+        return ops.reshape(x, [batch, n_head, ctx, head_dim])
+    x = ops.reshape(x, [batch, ctx, n_head, head_dim])  # (batch, ctx, head, head_dim)
+    return ops.permute(x, [0, 2, 1, 3])
+
+
+def merge_heads(x: TensorValue) -> TensorValue:
+    """(batch, head, ctx, head_dim) -> (batch, ctx, state)."""
+    batch, n_head, ctx, head_dim = x.shape
+    x = ops.permute(x, [0, 2, 1, 3])
+    return ops.reshape(x, [batch, ctx, int(n_head) * int(head_dim)])
+
+
+def attention(
+    scope: Scope, q: TensorValue, k: TensorValue, v: TensorValue, mask: TensorValue | None
+) -> TensorValue:
+    """softmax(q kᵀ / √d + mask) v over (batch, head, ctx, head_dim) tensors.
+
+    MAX's compiler recognises fused attention only as ``softmax(scores * scale) @ v``
+    (scale as the right operand), so the product is written in exactly that order.
+    """
+    scale = scope.variant.attention_scale(int(q.shape[-1]))
+    scores = q @ ops.permute(k, [0, 1, 3, 2])
+    if mask is not None:
+        scores = scores + mask
+    return ops.softmax(scores * scale) @ v

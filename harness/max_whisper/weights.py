@@ -1,0 +1,45 @@
+"""The one place where openai-whisper's state dict becomes MAX's weight layout.
+
+MAX graphs declare weights under openai-whisper's own names; only the layout differs:
+``nn.Linear`` weights are stored pre-transposed to (in, out) because transposing a runtime
+weight inside the graph is slow, and ``nn.Conv1d`` weights (out, in, k) become conv2d's RSCF
+(1, k, in, out). Everything else (layer norms, biases, embeddings) is used as is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+import torch
+
+LINEAR_WEIGHT = re.compile(r"\.(query|key|value|out|mlp\.0|mlp\.2)\.weight$")
+CONV_WEIGHT = re.compile(r"(^|\.)conv[12]\.weight$")
+
+
+def to_max_layout(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor a MAX graph expects for state-dict entry ``name``."""
+    if LINEAR_WEIGHT.search(name):
+        return tensor.t()
+    if CONV_WEIGHT.search(name):
+        return tensor.permute(2, 1, 0).unsqueeze(0)  # (out, in, k) -> (1, k, in, out)
+    return tensor
+
+
+def registry(
+    state_dict: Mapping[str, torch.Tensor],
+    prefix: str,
+    names: Iterable[str],
+    dtype: torch.dtype,
+) -> dict[str, torch.Tensor]:
+    """Weights for a graph that declared ``names`` relative to the module at ``prefix``.
+
+    Raises KeyError naming the missing entry: a graph must never run on a made-up weight.
+    """
+    weights = {}
+    for name in names:
+        key = prefix + name
+        if key not in state_dict:
+            raise KeyError(f"checkpoint has no tensor {key!r}")
+        weights[name] = to_max_layout(key, state_dict[key]).to(dtype).contiguous()
+    return weights
