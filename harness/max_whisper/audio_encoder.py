@@ -17,6 +17,7 @@ from max.engine import Model
 from max.graph import Graph, TensorType, TensorValue, ops
 from whisper.model import ModelDimensions
 
+from harness.errors import HarnessError
 from harness.max_whisper import encoder
 from harness.max_whisper.engine import Engine, to_numpy
 from harness.max_whisper.layers import Scope
@@ -61,11 +62,23 @@ class MaxAudioEncoder:
 
     def run_stage(self, stage: Stage, x: np.ndarray) -> np.ndarray:
         """Run one stage on ``x`` (mel for conv1, else (batch, frames, state)); float32 out."""
+        if stage.kind == "conv1":
+            self.check_mel(x)
         return self._run(stage.kind, stage.prefix, x)
 
     def __call__(self, mel: np.ndarray) -> np.ndarray:
         """The fused encoder: mel (batch, n_mels, 2·n_audio_ctx) -> (batch, n_audio_ctx, state)."""
+        self.check_mel(mel)
         return self._run("encoder", "encoder.", mel)
+
+    def check_mel(self, mel: np.ndarray) -> None:
+        """A wrong mel is a user error, said in one line, not a MAX shape failure."""
+        n_mels, frames = self.dims.n_mels, 2 * self.dims.n_audio_ctx
+        if mel.ndim != 3 or mel.shape[1:] != (n_mels, frames):
+            raise HarnessError(
+                f"mel has shape {mel.shape}; this checkpoint's encoder takes "
+                f"(batch, {n_mels}, {frames}): {n_mels} mel bins, one 30 s window"
+            )
 
     def _run(self, kind: str, prefix: str, x: np.ndarray) -> np.ndarray:
         model = self._model(kind, prefix)
@@ -85,7 +98,7 @@ class MaxAudioEncoder:
         shape = f"m{d.n_mels}c{d.n_audio_ctx}s{d.n_audio_state}h{d.n_audio_head}"
         if kind == "encoder":
             shape += f"l{d.n_audio_layer}"
-        return f"whisper_encoder_{kind}_{shape}_{self.engine.dtype}_{self.variant_tag}"
+        return f"whisper_encoder_{kind}_{shape}_{self.engine.dtype.name}_{self.variant_tag}"
 
     @property
     def variant_tag(self) -> str:

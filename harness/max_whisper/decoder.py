@@ -1,0 +1,206 @@
+"""openai-whisper's ``TextDecoder`` in MAX Graph: its stages, the cross K/V, and a cached step.
+
+The same maths in two forms:
+
+* full sequence, no cache (the parity stages, as the tracer sees ``TextDecoder.forward``):
+  self-attention over the tokens given, under the causal mask;
+* the cached step: ``n`` new tokens at positions ``offset .. offset + n - 1``. Their self-attention
+  K/V are written in place into fixed-capacity (batch, head, n_text_ctx, head_dim) buffers, and
+  attention reads the whole capacity under a mask hiding unwritten and future positions. A
+  masked score is -inf, so its softmax weight is exactly 0 and the padding adds nothing; in
+  exchange every step has the same shapes and no cache is ever copied or grown.
+
+Weight names are relative to the ``decoder`` module, except a block's, which are relative to the
+block, so one compiled block graph serves every block (as in ``encoder.py``). The logits use a
+pre-transposed copy of the token embedding, ``TOKEN_EMBEDDING_T``: MAX multiplies by a stored
+(state, vocab) matrix several times faster than by the transpose of a runtime (vocab, state) one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from max.dtype import DType
+from max.graph import BufferValue, DeviceRef, Dim, TensorValue, ops
+from whisper.model import ModelDimensions
+
+from harness.max_whisper.encoder import key_projection, mlp
+from harness.max_whisper.layers import (
+    Scope,
+    attention,
+    layer_norm,
+    linear,
+    merge_heads,
+    split_heads,
+)
+
+TOKEN_EMBEDDING_T = "token_embedding.weight.T"
+"""Registry name of token_embedding.weight transposed to (state, vocab); not in the state dict."""
+
+SelfAttention = Callable[[Scope, TensorValue], TensorValue]
+KV = tuple[TensorValue, TensorValue]
+
+
+def length(dim: Dim) -> TensorValue:
+    """A (possibly symbolic) dimension as a host int64 scalar, for slice bounds and ranges."""
+    return ops.shape_to_tensor([dim]).reshape([])
+
+
+def embed(
+    scope: Scope, tokens: TensorValue, offset: TensorValue, dims: ModelDimensions
+) -> TensorValue:
+    """token_embedding(tokens) + positional_embedding[offset : offset + n]: block 0's input."""
+    n = tokens.shape[1]
+    token_embedding = scope.weight("token_embedding.weight", [dims.n_vocab, dims.n_text_state])
+    positions = scope.weight("positional_embedding", [dims.n_text_ctx, dims.n_text_state])
+    x = ops.gather(token_embedding, tokens, axis=0)  # (batch, n, state)
+    return x + ops.slice_tensor(positions, [(slice(offset, offset + length(n)), n)])
+
+
+def attention_mask(scope: Scope, offset: TensorValue, n_query: Dim, n_key: Dim) -> TensorValue:
+    """(n_query, n_key) additive mask: 0 where query ``offset + i`` may see key ``j``, else -inf.
+
+    Causal: ``j <= offset + i``, as whisper's ``mask`` (triu of -inf). Without it (a planted
+    fault) a query sees every token given so far, but still no key past the last one written:
+    in the cached step those are unwritten slots, not future tokens.
+    """
+    stop = offset + length(n_query)
+    query = ops.range(offset, stop, 1, n_query, dtype=DType.int64, device=scope.device)
+    key = ops.range(0, length(n_key), 1, n_key, dtype=DType.int64, device=scope.device)
+    last = query if scope.variant.causal_mask else ops.max(query, axis=0)  # (n_query,) or (1,)
+    visible = ops.unsqueeze(key, 0) <= ops.unsqueeze(last, 1)  # (n_query, n_key)
+    zero = ops.constant(0.0, scope.dtype, scope.device)
+    minus_inf = ops.constant(float("-inf"), scope.dtype, scope.device)
+    return ops.where(visible, zero, minus_inf)
+
+
+def project_qkv(scope: Scope, x: TensorValue, n_head: int) -> tuple[TensorValue, ...]:
+    """The query, key and value of ``x``, each split into (batch, head, ctx, head_dim)."""
+    n_state = int(x.shape[-1])
+    q = split_heads(scope, linear(scope / "query", x, n_state, n_state), n_head)
+    k = split_heads(scope, key_projection(scope, x, n_state), n_head)
+    v = split_heads(scope, linear(scope / "value", x, n_state, n_state), n_head)
+    return q, k, v
+
+
+def self_attention(scope: Scope, x: TensorValue, mask: TensorValue, n_head: int) -> TensorValue:
+    """Masked self-attention over the whole sequence ``x``, no cache (the stage form)."""
+    q, k, v = project_qkv(scope, x, n_head)
+    n_state = int(x.shape[-1])
+    return linear(scope / "out", merge_heads(attention(scope, q, k, v, mask)), n_state, n_state)
+
+
+def cached_self_attention(
+    scope: Scope,
+    x: TensorValue,
+    offset: TensorValue,
+    cache: tuple[BufferValue, BufferValue],
+    mask: TensorValue,
+    n_head: int,
+) -> TensorValue:
+    """Self-attention of the new tokens ``x``: write their K/V at ``offset``, attend the cache.
+
+    ``cache`` is (key, value), each a (batch, head, n_text_ctx, head_dim) buffer updated in place.
+    """
+    q, k, v = project_qkv(scope, x, n_head)
+    n = x.shape[1]
+    rows = (slice(offset, offset + length(n)), n)
+    for buffer, new in zip(cache, (k, v), strict=True):
+        ops.buffer_store_slice(buffer, new, [slice(None), slice(None), rows, slice(None)])
+    k_all, v_all = (ops.buffer_load(buffer) for buffer in cache)
+    n_state = int(x.shape[-1])
+    out = attention(scope, q, k_all, v_all, mask)
+    return linear(scope / "out", merge_heads(out), n_state, n_state)
+
+
+def cross_kv(scope: Scope, xa: TensorValue, n_head: int) -> KV:
+    """One block's cross-attention K/V of the audio, (batch, head, audio_ctx, head_dim) each.
+
+    They depend on the audio only, so the cached path computes them once per audio.
+    """
+    n_state = int(xa.shape[-1])
+    k = split_heads(scope, key_projection(scope, xa, n_state), n_head)
+    v = split_heads(scope, linear(scope / "value", xa, n_state, n_state), n_head)
+    return k, v
+
+
+def cross_attention(scope: Scope, x: TensorValue, kv: KV, n_head: int) -> TensorValue:
+    """Attention of the text ``x`` to the audio's K/V, unmasked."""
+    n_state = int(x.shape[-1])
+    q = split_heads(scope, linear(scope / "query", x, n_state, n_state), n_head)
+    out = attention(scope, q, kv[0], kv[1], mask=None)
+    return linear(scope / "out", merge_heads(out), n_state, n_state)
+
+
+def residual_attention_block(
+    scope: Scope, x: TensorValue, attn: SelfAttention, kv: KV, n_head: int
+) -> TensorValue:
+    """Pre-norm self-attention, cross-attention and MLP, each added to the residual stream.
+
+    ``attn`` is the self-attention form (whole sequence or cached step); ``kv`` the audio's K/V.
+    """
+    n_state = int(x.shape[-1])
+    x = x + attn(scope / "attn", layer_norm(scope / "attn_ln", x, n_state))
+    h = layer_norm(scope / "cross_attn_ln", x, n_state)
+    x = x + cross_attention(scope / "cross_attn", h, kv, n_head)
+    return x + mlp(scope / "mlp", layer_norm(scope / "mlp_ln", x, n_state), n_state)
+
+
+def block_stage(scope: Scope, x: TensorValue, xa: TensorValue, n_head: int) -> TensorValue:
+    """One block over the whole sequence, its cross K/V computed from the audio ``xa``."""
+    n = x.shape[1]
+    mask = attention_mask(scope, ops.constant(0, DType.int64, DeviceRef.CPU()), n, n)
+
+    def attn(s: Scope, h: TensorValue) -> TensorValue:
+        return self_attention(s, h, mask, n_head)
+
+    kv = cross_kv(scope / "cross_attn", xa, n_head)
+    return residual_attention_block(scope, x, attn, kv, n_head)
+
+
+def ln(scope: Scope, x: TensorValue) -> TensorValue:
+    return layer_norm(scope / "ln", x, int(x.shape[-1]))
+
+
+def logits(scope: Scope, x: TensorValue, n_vocab: int) -> TensorValue:
+    """x @ token_embedding.weight.T, (batch, n, vocab), by the stored transposed copy."""
+    return x @ scope.weight(TOKEN_EMBEDDING_T, [int(x.shape[-1]), n_vocab])
+
+
+def all_cross_kv(scope: Scope, xa: TensorValue, dims: ModelDimensions) -> list[TensorValue]:
+    """Every block's cross K/V, flat as [k0, v0, k1, v1, ...]: the once-per-audio graph."""
+    return [
+        t
+        for i in range(dims.n_text_layer)
+        for t in cross_kv(scope / "blocks" / i / "cross_attn", xa, dims.n_text_head)
+    ]
+
+
+def text_decoder_step(
+    scope: Scope,
+    tokens: TensorValue,
+    offset: TensorValue,
+    kv: Sequence[TensorValue],
+    cache: Sequence[BufferValue],
+    dims: ModelDimensions,
+) -> TensorValue:
+    """Logits of ``tokens`` (batch, n) at positions ``offset ..``, updating the self-attention cache.
+
+    ``kv`` is ``all_cross_kv``'s output and ``cache`` the self-attention buffers, both flat
+    [k0, v0, k1, v1, ...]. Block ``i`` reads the cross K/V of block ``i + cross_kv_from_block``
+    (0 in the faithful model; the offset is a planted fault).
+    """
+    n_layer, n_head = dims.n_text_layer, dims.n_text_head
+    x = embed(scope, tokens, offset, dims)
+    mask = attention_mask(scope, offset, tokens.shape[1], Dim(dims.n_text_ctx))
+    for i in range(n_layer):
+        j = (i + scope.variant.cross_kv_from_block) % n_layer
+        block_cache = (cache[2 * i], cache[2 * i + 1])
+
+        def attn(s: Scope, h: TensorValue, block_cache=block_cache) -> TensorValue:
+            return cached_self_attention(s, h, offset, block_cache, mask, n_head)
+
+        x = residual_attention_block(
+            scope / "blocks" / i, x, attn, (kv[2 * j], kv[2 * j + 1]), n_head
+        )
+    return logits(scope, ln(scope, x), dims.n_vocab)

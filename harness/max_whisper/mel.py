@@ -1,0 +1,136 @@
+"""openai-whisper's ``log_mel_spectrogram`` as one MAX graph, for audio of any length.
+
+What whisper does, and where this graph reproduces it (``whisper/audio.py``):
+
+1. ``padding`` zeros are appended to the audio (``F.pad``). Done in NumPy: it only fixes the
+   input length, and the zeros enter the STFT exactly like in whisper.
+2. ``torch.stft(center=True)`` reflect-pads ``N_FFT // 2`` = 200 samples at each end (the edge
+   sample itself is not repeated), then takes frames of ``N_FFT`` = 400 samples every
+   ``HOP_LENGTH`` = 160. In-graph: ``ops.pad(mode="reflect")`` has the same semantics.
+3. whisper drops the last STFT frame (``stft[..., :-1]``), so ``n // 160`` frames remain for
+   ``n`` samples; the dropped frame is the only one that would read past
+   ``160·(n // 160 + 2)`` padded samples. The graph therefore keeps exactly those samples,
+   reshapes them into hop-sized rows and builds frame ``t`` as rows ``t``, ``t+1`` and the first
+   80 samples of ``t+2`` (400 = 160 + 160 + 80): no gather, and the number of frames is a
+   symbolic dimension, so one compiled graph serves the 30 s window and whole recordings.
+4. The Hann-windowed DFT is one matmul with a precomputed (400, 2·201) basis (window folded in,
+   angles reduced exactly as ``n·k mod 400`` in float64, then rounded once to float32); power is
+   re² + im², like ``|stft|²``.
+5. Mel projection, ``log10(clamp(min=1e-10))``, the clamp to 8 decades below the maximum *of
+   the whole input* (a global reduction in-graph, so long audio is not split into windows with
+   their own maxima) and ``(x + 4) / 4``.
+
+Everything is computed in float32, like whisper on a float32 waveform, whatever the dtype of
+the model the mel feeds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from max.dtype import DType
+from max.engine import Model
+from max.graph import DeviceRef, Dim, Graph, TensorType, TensorValue, Weight, ops
+from whisper.audio import HOP_LENGTH, N_FFT, mel_filters
+
+from harness.errors import HarnessError
+from harness.max_whisper.engine import Engine, to_numpy
+from harness.max_whisper.variant import FAITHFUL, Variant
+
+N_BINS = N_FFT // 2 + 1  # rfft bins, DC to Nyquist
+CENTER_PAD = N_FFT // 2  # torch.stft(center=True) reflect padding on each side
+
+
+def dft_basis() -> np.ndarray:
+    """(N_FFT, 2·N_BINS) float32: Hann-windowed cos | −sin, so ``frames @ basis`` = re | im.
+
+    The periodic Hann window is ``torch.hann_window``'s; the phase index ``n·k`` is reduced mod
+    N_FFT before scaling so every angle is exact in float64, and the basis is rounded once.
+    """
+    n = np.arange(N_FFT)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)
+    angle = 2 * np.pi * (np.outer(n, np.arange(N_BINS)) % N_FFT) / N_FFT
+    basis = np.concatenate([np.cos(angle), -np.sin(angle)], axis=1) * window[:, None]
+    return basis.astype(np.float32)
+
+
+def frames(padded: TensorValue, n_frames: Dim) -> TensorValue:
+    """(samples + 2·CENTER_PAD,) -> (n_frames, N_FFT): frame t starts at padded[t·HOP_LENGTH]."""
+    rows = n_frames + 2
+    hops = ops.reshape(_leading(padded, 0, rows * HOP_LENGTH), [rows, HOP_LENGTH])
+    parts = [
+        _leading(hops, 0, n_frames),
+        _leading(hops, 1, n_frames),
+        _leading(hops, 2, n_frames)[:, : N_FFT - 2 * HOP_LENGTH],
+    ]
+    return ops.concat(parts, axis=1)
+
+
+def _leading(x: TensorValue, start: int, length: Dim) -> TensorValue:
+    """``x[start : start + length]`` along axis 0, whose symbolic size MAX needs spelled out."""
+    stop = ops.shape_to_tensor([length + start])
+    return ops.slice_tensor(x, [(slice(start, stop), length)])
+
+
+def log_mel(x: TensorValue, n_mels: int, device: DeviceRef, variant: Variant) -> TensorValue:
+    """(samples,) float32 waveform -> (n_mels, samples // HOP_LENGTH) log-mel, as whisper."""
+    n_frames = x.shape[0] // HOP_LENGTH
+    padded = ops.pad(x, [CENTER_PAD, CENTER_PAD], mode="reflect")
+    spectrum = frames(padded, n_frames) @ Weight(
+        "dft_basis", DType.float32, [N_FFT, 2 * N_BINS], device
+    )
+    re = spectrum[:, :N_BINS]
+    im = spectrum[:, N_BINS:]
+    power = re * re + im * im
+    mel = power @ Weight("mel_filters", DType.float32, [N_BINS, n_mels], device)
+    log_spec = ops.log(ops.max(mel, 1e-10)) * (1 / math.log(10))
+    if variant.mel_log_clamp:
+        peak = ops.max(ops.max(log_spec, axis=1), axis=0)
+        log_spec = ops.max(log_spec, peak - 8.0)
+    return ops.transpose((log_spec + 4.0) / 4.0, 0, 1)
+
+
+class MaxLogMel:
+    """``whisper.log_mel_spectrogram`` computed by MAX Engine; one compiled graph per n_mels."""
+
+    def __init__(self, n_mels: int, engine: Engine, variant: Variant = FAITHFUL) -> None:
+        if n_mels not in (80, 128):
+            raise HarnessError(f"whisper has mel filters for 80 or 128 bands, not {n_mels}")
+        self.n_mels, self.engine, self.variant = n_mels, engine, variant
+        self._model: Model | None = None
+
+    @property
+    def graph_name(self) -> str:
+        clamp = "clamp" if self.variant.mel_log_clamp else "noclamp"
+        return f"whisper_log_mel_m{self.n_mels}_float32_{clamp}"
+
+    def __call__(self, audio: np.ndarray, padding: int = 0) -> np.ndarray:
+        """(samples,) waveform at 16 kHz -> (n_mels, (samples + padding) // 160) float32."""
+        samples = np.asarray(audio, dtype=np.float32)
+        if samples.ndim != 1:
+            raise HarnessError(f"expected a mono waveform (samples,), got shape {samples.shape}")
+        if padding > 0:
+            samples = np.pad(samples, (0, padding))
+        if samples.size <= CENTER_PAD:
+            # torch.stft refuses too: reflect padding needs more samples than it pads.
+            raise HarnessError(f"log-mel needs more than {CENTER_PAD} samples, got {samples.size}")
+        output = self.model.execute(self.engine.to_device(samples))[0]
+        return to_numpy(output)
+
+    @property
+    def model(self) -> Model:
+        if self._model is None:
+            compiled = self.engine.compile(self._graph, self.graph_name)
+            filters = mel_filters("cpu", self.n_mels).T.contiguous()
+            weights = {"dft_basis": torch.from_numpy(dft_basis()), "mel_filters": filters}
+            self._model = self.engine.init(compiled, weights)
+        return self._model
+
+    def _graph(self) -> Graph:
+        device = self.engine.device_ref
+        input_type = TensorType(DType.float32, ["samples"], device)
+        with Graph(self.graph_name, input_types=[input_type]) as graph:
+            graph.output(log_mel(graph.inputs[0].tensor, self.n_mels, device, self.variant))
+        return graph

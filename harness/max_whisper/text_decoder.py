@@ -1,0 +1,252 @@
+"""The MAX text decoder as compiled graphs: per-stage graphs for parity, a cached step for speed.
+
+``stages()`` lists the decoder's stage boundaries under the tracer's names (``decoder.embed``,
+``decoder.blocks.i``, ``decoder.ln``, ``logits``), so the parity runner can feed any stage the
+PyTorch activation (isolated) or MAX's own previous output (chained), over a whole sequence.
+
+Decoding uses two other graphs instead: ``cross_kv`` (every block's cross-attention K/V, once per
+audio) and ``step`` (the whole decoder on the new tokens, updating the self-attention cache in
+place). Both caches stay on the device between steps, as MAX buffers; one step is one execute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from max.driver import Buffer
+from max.dtype import DType
+from max.engine import Model
+from max.graph import BufferType, DeviceRef, Graph, TensorType, Value, ops
+from whisper.model import ModelDimensions
+
+from harness.max_whisper import decoder
+from harness.max_whisper.audio_encoder import Stage
+from harness.max_whisper.engine import Engine, to_numpy
+from harness.max_whisper.layers import Scope
+from harness.max_whisper.variant import FAITHFUL, Variant
+from harness.max_whisper.weights import registry
+
+Build = Callable[[Scope, Sequence[Value]], list]
+CROSS_KV_NAMES = ("cross_attn.key.", "cross_attn.value.")
+
+
+class MaxTextDecoder:
+    """openai-whisper's ``TextDecoder`` run by MAX Engine: stage by stage, or step by step cached.
+
+    The cached path holds the decoding state: the audio's cross K/V, the self-attention cache and
+    ``offset``, the number of positions cached. ``reset()`` starts a new sequence.
+    """
+
+    def __init__(
+        self,
+        dims: ModelDimensions,
+        state_dict: Mapping[str, torch.Tensor],
+        engine: Engine,
+        variant: Variant = FAITHFUL,
+    ) -> None:
+        self.dims, self.engine, self.variant = dims, engine, variant
+        self.state_dict = state_dict
+        self._models: dict[str, Model] = {}
+        self._token_embedding_t: torch.Tensor | None = None
+        self._cache: list[Buffer] = []
+        self.reset()
+
+    # -- stages, whole sequence, no cache -------------------------------------------------------
+
+    def stages(self) -> list[Stage]:
+        blocks = [
+            Stage(f"decoder.blocks.{i}", "block", f"decoder.blocks.{i}.")
+            for i in range(self.dims.n_text_layer)
+        ]
+        return [
+            Stage("decoder.embed", "embed", "decoder."),
+            *blocks,
+            Stage("decoder.ln", "ln", "decoder."),
+            Stage("logits", "logits", "decoder."),
+        ]
+
+    def run_stage(self, stage: Stage, x: np.ndarray, audio_features: np.ndarray) -> np.ndarray:
+        """Run one stage: ``x`` is the tokens (batch, n) for ``decoder.embed``, else the previous
+        stage's (batch, n, state); blocks also read ``audio_features``. float32 out."""
+        if stage.kind == "embed":
+            inputs = [x.astype(np.int64)]
+        elif stage.kind == "block":
+            inputs = [x, audio_features]
+        else:
+            inputs = [x]
+        model = self._model(stage.kind, stage.prefix)
+        outputs = model.execute(*(self.engine.to_device(np.ascontiguousarray(a)) for a in inputs))
+        return to_numpy(outputs[0])
+
+    # -- cached decoding ------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the audio and the cached tokens (the cache buffers are kept for reuse)."""
+        self.offset = 0
+        self._kv: list[Buffer] | None = None
+
+    def logits(self, tokens: np.ndarray, audio_features: np.ndarray) -> np.ndarray:
+        """Logits (batch, n, vocab) of the ``n`` new ``tokens`` at positions ``offset ..``.
+
+        The first call after ``reset`` computes the cross K/V of ``audio_features`` (batch or
+        1 rows, repeated to the tokens' batch as openai-whisper broadcasts them); later calls
+        reuse them, as openai-whisper's kv-cache hooks do, and ignore ``audio_features``.
+        """
+        batch, n = tokens.shape
+        if self.offset + n > self.dims.n_text_ctx:
+            raise ValueError(
+                f"{self.offset} cached + {n} new tokens exceed n_text_ctx={self.dims.n_text_ctx}"
+            )
+        if self._kv is None:
+            self._kv = self._cross_kv(audio_features, batch)
+            self._allocate_cache(batch)
+        step = self._model("step", "decoder.")
+        outputs = step.execute(
+            self.engine.to_device(np.ascontiguousarray(tokens, dtype=np.int64)),
+            Buffer.scalar(self.offset, DType.int64),
+            *self._kv,
+            *self._cache,
+        )
+        self.offset += n
+        return to_numpy(outputs[0])
+
+    def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
+        """Row ``b`` of the self-attention cache becomes old row ``source_indices[b]``.
+
+        As openai-whisper's ``PyTorchInference``: the cross K/V are left alone, since beam search
+        only reorders beams of the same audio, whose cross K/V rows are equal.
+        """
+        batch = self._cache[0].shape[0] if self._cache else 0
+        if len(source_indices) != batch:
+            raise ValueError(f"{len(source_indices)} source indices for a batch of {batch}")
+        if list(source_indices) == list(range(batch)):
+            return
+        rearranged = []
+        for old in self._cache:
+            new = Buffer(old.dtype, old.shape, old.device)
+            for row, source in enumerate(source_indices):
+                new[row].inplace_copy_from(old[int(source)])
+            rearranged.append(new)
+        self._cache = rearranged
+
+    def _cross_kv(self, audio_features: np.ndarray, batch: int) -> list[Buffer]:
+        rows = audio_features.shape[0]
+        if batch % rows:
+            raise ValueError(f"tokens batch {batch} is not a multiple of audio batch {rows}")
+        audio = np.repeat(np.asarray(audio_features, dtype=np.float32), batch // rows, axis=0)
+        return self._model("cross_kv", "decoder.").execute(self.engine.to_device(audio))
+
+    def _allocate_cache(self, batch: int) -> None:
+        """Zeroed buffers: unwritten slots are masked, but 0 x NaN would still poison the sum."""
+        d = self.dims
+        shape = (batch, d.n_text_head, d.n_text_ctx, d.n_text_state // d.n_text_head)
+        if self._cache and self._cache[0].shape == shape:
+            return  # stale rows hold finite K/V of an earlier sequence, masked like zeros
+        zeros = torch.zeros(shape, dtype=self.engine.torch_dtype)
+        self._cache = [self.engine.to_device(zeros.clone()) for _ in range(2 * d.n_text_layer)]
+
+    # -- graphs ---------------------------------------------------------------------------------
+
+    def _model(self, kind: str, prefix: str) -> Model:
+        key = kind + ":" + prefix
+        if key not in self._models:
+            graph = self._graph(kind)
+            compiled = self.engine.compile(lambda: graph, self._graph_name(kind))
+            self._models[key] = self.engine.init(compiled, self._weights(graph._weights, prefix))
+        return self._models[key]
+
+    def _weights(self, names: Sequence[str], prefix: str) -> dict[str, torch.Tensor]:
+        """The registry for a graph declaring ``names`` relative to ``prefix``.
+
+        ``TOKEN_EMBEDDING_T`` is the transposed token embedding, made once and shared. A block's
+        cross K/V weights come from block ``i + cross_kv_from_block`` (the planted fault; 0 in the
+        faithful model), as the step graph reads that block's cross K/V.
+        """
+        names = set(names)
+        weights = {}
+        if decoder.TOKEN_EMBEDDING_T in names:
+            names.remove(decoder.TOKEN_EMBEDDING_T)
+            weights[decoder.TOKEN_EMBEDDING_T] = self._transposed_token_embedding()
+        cross = {name for name in names if name.startswith(CROSS_KV_NAMES)}
+        if cross and self.variant.cross_kv_from_block:
+            i = int(prefix.split(".")[-2])
+            j = (i + self.variant.cross_kv_from_block) % self.dims.n_text_layer
+            weights |= registry(self.state_dict, f"decoder.blocks.{j}.", cross, self.dtype)
+            names -= cross
+        return weights | registry(self.state_dict, prefix, names, self.dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.engine.torch_dtype
+
+    def _transposed_token_embedding(self) -> torch.Tensor:
+        if self._token_embedding_t is None:
+            weight = self.state_dict["decoder.token_embedding.weight"]
+            self._token_embedding_t = weight.t().to(self.dtype).contiguous()  # (state, vocab)
+        return self._token_embedding_t
+
+    def _graph_name(self, kind: str) -> str:
+        d = self.dims
+        shape = f"v{d.n_vocab}c{d.n_text_ctx}s{d.n_text_state}h{d.n_text_head}"
+        if kind in ("block", "cross_kv", "step"):
+            shape += f"a{d.n_audio_ctx}"
+        if kind in ("cross_kv", "step"):
+            shape += f"l{d.n_text_layer}"
+        return f"whisper_decoder_{kind}_{shape}_{self.engine.dtype}_{self.variant_tag}"
+
+    @property
+    def variant_tag(self) -> str:
+        return "faithful" if self.variant == FAITHFUL else f"v{abs(hash(self.variant)):x}"
+
+    def _graph(self, kind: str) -> Graph:
+        scope = Scope("", self.engine.dtype, self.engine.device_ref, self.variant)
+        input_types, build = self._builders(scope)[kind]
+        with Graph(self._graph_name(kind), input_types=input_types) as graph:
+            graph.output(*build(scope, graph.inputs))
+        return graph
+
+    def _builders(self, scope: Scope) -> dict[str, tuple[list, Build]]:
+        """Per graph kind: its input types, and how it maps its inputs to its outputs.
+
+        Activations enter and leave the stage graphs as float32 whatever the model dtype; the
+        cached K/V stay in the model dtype, since only the step graph reads them.
+        """
+        d, dtype, device = self.dims, scope.dtype, scope.device
+        head_dim = d.n_text_state // d.n_text_head
+        tokens = TensorType(DType.int64, ["batch", "n"], device)
+        state = TensorType(DType.float32, ["batch", "n", d.n_text_state], device)
+        audio = TensorType(DType.float32, ["batch", d.n_audio_ctx, d.n_audio_state], device)
+        offset = TensorType(DType.int64, [], DeviceRef.CPU())
+        cross = TensorType(dtype, ["batch", d.n_text_head, d.n_audio_ctx, head_dim], device)
+        cache = BufferType(dtype, ["batch", d.n_text_head, d.n_text_ctx, head_dim], device)
+        n_kv = 2 * d.n_text_layer
+
+        def f32(x):
+            return ops.cast(x, DType.float32)
+
+        def cast(x):
+            return ops.cast(x.tensor, dtype)
+
+        zero = ops.constant  # the stage graphs decode from position 0
+
+        def embed(s, i):
+            return [f32(decoder.embed(s, i[0].tensor, zero(0, DType.int64, DeviceRef.CPU()), d))]
+
+        def step(s, i):
+            kv = [x.tensor for x in i[2 : 2 + n_kv]]
+            buffers = [x.buffer for x in i[2 + n_kv :]]
+            return [f32(decoder.text_decoder_step(s, i[0].tensor, i[1].tensor, kv, buffers, d))]
+
+        return {
+            "embed": ([tokens], embed),
+            "block": (
+                [state, audio],
+                lambda s, i: [f32(decoder.block_stage(s, cast(i[0]), cast(i[1]), d.n_text_head))],
+            ),
+            "ln": ([state], lambda s, i: [f32(decoder.ln(s, cast(i[0])))]),
+            "logits": ([state], lambda s, i: [f32(decoder.logits(s, cast(i[0]), d.n_vocab))]),
+            "cross_kv": ([audio], lambda s, i: decoder.all_cross_kv(s, cast(i[0]), d)),
+            "step": ([tokens, offset] + [cross] * n_kv + [cache] * n_kv, step),
+        }

@@ -1,0 +1,49 @@
+"""Parity tolerances, read from the one file that records them and why: fixtures/tolerances.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+TOLERANCE_FILE = Path(__file__).resolve().parent.parent / "fixtures" / "tolerances.json"
+HIGHER_IS_BETTER = {"cosine", "min_frame_cosine", "snr_db", "top1_agreement", "min_top2_gap"}
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """The limits for one dtype: ``limits[kind][metric]`` is a bound (min or max, see the file)."""
+
+    dtype: str
+    limits: dict[str, dict[str, float]]
+
+    def limit(self, kind: str, metric: str) -> float | None:
+        return self.limits.get(kind, {}).get(metric)
+
+    def violations(self, metrics: dict[str, float], kind: str) -> list[str]:
+        """One ``"metric value vs limit"`` line per metric of ``kind`` that breaks its limit."""
+        failures = []
+        for metric, bound in self.limits.get(kind, {}).items():
+            value = metrics.get(metric)
+            if value is None:
+                continue
+            if metric in HIGHER_IS_BETTER and not value >= bound:
+                failures.append(f"{metric} {value:.7g} < {bound:.7g}")
+            elif metric not in HIGHER_IS_BETTER and not value <= bound:
+                failures.append(f"{metric} {value:.3g} > {bound:.3g}")
+        return failures
+
+
+def load(dtype: str, path: Path = TOLERANCE_FILE) -> Tolerances:
+    """The tolerances of ``dtype``; each entry in the file is ``{"value": x, "why": "..."}``."""
+    table = json.loads(path.read_text())
+    if dtype not in table:
+        raise HarnessError(f"{path}: no tolerances for dtype {dtype!r}")
+    limits = {
+        kind: {metric: entry["value"] for metric, entry in metrics.items()}
+        for kind, metrics in table[dtype].items()
+        if not kind.startswith("_")
+    }
+    return Tolerances(dtype, limits)

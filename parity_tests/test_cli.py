@@ -1,0 +1,62 @@
+"""The command line: a real report on synthetic:tiny, and one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def harness(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], cwd=REPO, capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "tiny"
+    result = harness("report", "--model", "synthetic:tiny", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_report_writes_the_parity_document(report_dir):
+    document = json.loads((report_dir / "parity.json").read_text())
+    assert document["schema"] == 1
+    assert document["model"]["weights"] == "synthetic"
+    assert document["model"]["dims"]["n_audio_state"] == 384
+    assert (document["device"], document["dtype"]) == ("cpu", "float32")
+    assert set(document["versions"]) >= {"max", "torch", "whisper"}
+    stages = [s["stage"] for s in document["encoder"]["stages"]]
+    assert stages == ["conv1", "conv2", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "ln_post"]
+    metrics = {"cosine", "min_frame_cosine", "rel_l2", "max_abs", "snr_db"}
+    assert set(document["encoder"]["stages"][0]["isolated"]) == metrics
+    assert set(document["encoder"]["fused"]) == metrics
+    assert document["encoder"]["first_divergent_stage"] is None
+
+
+def test_report_markdown_says_synthetic_loudly(report_dir):
+    text = (report_dir / "report.md").read_text()
+    assert "SYNTHETIC WEIGHTS" in text
+    assert "| ln_post |" in text
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("/nonexistent/model.pt", "/nonexistent/model.pt: checkpoint file not found"),
+        ("synthetic:enormous", "unknown model 'enormous'"),
+        ("fixtures/audio/short.wav", "fixtures/audio/short.wav: not a readable checkpoint"),
+    ],
+)
+def test_bad_model_is_one_line_and_writes_nothing(tmp_path, model, message):
+    out = tmp_path / "report"
+    result = harness("report", "--model", model, "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []

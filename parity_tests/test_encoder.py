@@ -1,0 +1,67 @@
+"""Every encoder stage of MAX against openai-whisper, isolated and chained, and the fused graph."""
+
+import numpy as np
+import pytest
+import whisper
+
+from harness import checkpoints, tracer
+from harness.audio import load_audio
+from harness.errors import HarnessError
+from harness.max_whisper.audio_encoder import MaxAudioEncoder
+from harness.parity import encoder_parity
+from harness.report import DEFAULT_AUDIO
+
+MODELS = ["synthetic:tiny", "synthetic:base"]
+if checkpoints.pretrained_available("tiny"):
+    MODELS.append("tiny")
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def parity(request, engine, load_checkpoint, float32_tolerances):
+    checkpoint = load_checkpoint(request.param)
+    audio = whisper.pad_or_trim(load_audio(DEFAULT_AUDIO))
+    mel = whisper.log_mel_spectrogram(audio, checkpoint.dims.n_mels).numpy()[None]
+    reference = tracer.trace_encoder(checkpoint.model.encoder, mel)
+    candidate = MaxAudioEncoder(checkpoint.dims, checkpoint.model.state_dict(), engine)
+    return encoder_parity(candidate, reference, float32_tolerances)
+
+
+def test_stage_names_follow_the_module_tree(parity, load_checkpoint):
+    names = [s["stage"] for s in parity["stages"]]
+    n_layers = len(names) - 3
+    assert names == ["conv1", "conv2", *[f"blocks.{i}" for i in range(n_layers)], "ln_post"]
+
+
+def test_every_stage_isolated_within_float32_tolerance(parity, float32_tolerances):
+    failures = {
+        s["stage"]: float32_tolerances.violations(s["isolated"], "isolated") for s in parity["stages"]
+    }
+    assert not any(failures.values()), failures
+    assert parity["first_divergent_stage"] is None
+
+
+def test_every_stage_chained_within_float32_tolerance(parity, float32_tolerances):
+    failures = {
+        s["stage"]: float32_tolerances.violations(s["chained"], "chained") for s in parity["stages"]
+    }
+    assert not any(failures.values()), failures
+
+
+def test_fused_encoder_within_float32_tolerance(parity, float32_tolerances):
+    assert not float32_tolerances.violations(parity["fused"], "fused"), parity["fused"]
+
+
+def test_tolerances_are_the_ones_promised(float32_tolerances):
+    """The foundation's bar: isolated rel_l2 <= 2e-6 and cosine >= 0.999999, drift <= 1e-5."""
+    assert float32_tolerances.limit("isolated", "rel_l2") <= 2e-6
+    assert float32_tolerances.limit("isolated", "cosine") >= 0.999999
+    assert float32_tolerances.limit("chained", "rel_l2") <= 1e-5
+    assert float32_tolerances.limit("fused", "rel_l2") <= 1e-5
+
+
+@pytest.mark.parametrize("shape", [(1, 80, 2000), (1, 128, 3000), (80, 3000)])
+def test_a_mel_of_the_wrong_shape_is_a_clear_error(shape, engine, load_checkpoint):
+    checkpoint = load_checkpoint("synthetic:tiny")
+    candidate = MaxAudioEncoder(checkpoint.dims, checkpoint.model.state_dict(), engine)
+    with pytest.raises(HarnessError, match=r"mel has shape .* takes \(batch, 80, 3000\)"):
+        candidate(np.zeros(shape, dtype=np.float32))
