@@ -23,10 +23,17 @@ class StageResult(TypedDict):
     chained: Metrics
 
 
+class FrameErrors(TypedDict):
+    stage: str
+    rel_error_per_frame: list[float]
+    speech_frames: int
+
+
 class EncoderParity(TypedDict):
     stages: list[StageResult]
     fused: Metrics
     first_divergent_stage: str | None
+    frame_errors: FrameErrors
 
 
 Progress = Callable[[str], None]
@@ -36,15 +43,21 @@ def encoder_parity(
     candidate: MaxAudioEncoder,
     reference: dict[str, np.ndarray],
     tolerances: Tolerances,
+    speech_fraction: float = 1.0,
     progress: Progress = lambda _msg: None,
 ) -> EncoderParity:
-    """Compare ``candidate`` stage by stage with a reference trace (see ``tracer.trace_encoder``)."""
+    """Compare ``candidate`` stage by stage with a reference trace (see ``tracer.trace_encoder``).
+
+    ``speech_fraction`` is the share of the 30 s window that is audio rather than padding; it
+    marks where silence begins in the per-frame errors of the stage that drifted most.
+    """
     results: list[StageResult] = []
+    chained_outputs: dict[str, np.ndarray] = {}
     previous_name, chained_input = "mel", reference["mel"]
     for stage in candidate.stages():
         progress(f"encoder stage {stage.name}")
         isolated = candidate.run_stage(stage, reference[previous_name])
-        chained_input = candidate.run_stage(stage, chained_input)
+        chained_input = chained_outputs[stage.name] = candidate.run_stage(stage, chained_input)
         results.append(
             StageResult(
                 stage=stage.name,
@@ -55,10 +68,26 @@ def encoder_parity(
         previous_name = stage.name
     progress("fused encoder")
     fused = compare(candidate(reference["mel"]), reference["ln_post"])
+    worst = max(results, key=lambda r: r["chained"]["rel_l2"])["stage"]
     return EncoderParity(
         stages=results,
         fused=fused,
         first_divergent_stage=first_divergent(results, tolerances),
+        frame_errors=frame_errors(worst, chained_outputs[worst], reference[worst], speech_fraction),
+    )
+
+
+def frame_errors(
+    stage: str, candidate: np.ndarray, reference: np.ndarray, speech_fraction: float
+) -> FrameErrors:
+    """Relative error of each frame of batch item 0: shows whether error sits in speech or padding."""
+    difference = np.linalg.norm((candidate[0] - reference[0]).astype(np.float64), axis=-1)
+    scale = np.linalg.norm(reference[0].astype(np.float64), axis=-1)
+    per_frame = np.divide(difference, scale, out=np.zeros_like(difference), where=scale > 0)
+    return FrameErrors(
+        stage=stage,
+        rel_error_per_frame=[float(e) for e in per_frame],
+        speech_frames=int(round(speech_fraction * len(per_frame))),
     )
 
 

@@ -43,26 +43,25 @@ def build(
     """Run every comparison for ``checkpoint`` and return the ``parity.json`` document."""
     limits = tolerances.load(dtype)
     engine = Engine(device=device, dtype=DTYPES[dtype], on_compile=lambda n: progress(f"compiling {n}"))
-    mel = _encoder_input(checkpoint, encoder_audio)
+    audio = load_audio(encoder_audio)
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio), checkpoint.dims.n_mels)
     progress("PyTorch reference: tracing the encoder")
-    reference = tracer.trace_encoder(checkpoint.model.encoder, mel)
+    reference = tracer.trace_encoder(checkpoint.model.encoder, mel.numpy()[None])
     candidate = MaxAudioEncoder(checkpoint.dims, checkpoint.model.state_dict(), engine)
+    speech = min(1.0, len(audio) / whisper.audio.N_SAMPLES)
     return {
         "schema": SCHEMA,
         "model": model_section(checkpoint),
         "device": device,
         "dtype": dtype,
         "versions": versions(),
-        "encoder": {**encoder_parity(candidate, reference, limits, progress), "audio": encoder_audio.name},
+        "encoder": {
+            "audio": encoder_audio.name,
+            **encoder_parity(candidate, reference, limits, speech, progress),
+        },
         "tolerances": limits.limits,
         "compile_s": engine.compile_seconds,
     }
-
-
-def _encoder_input(checkpoint: Checkpoint, audio_path: Path):
-    """The mel of one 30 s window of real speech followed by padding, as openai-whisper makes it."""
-    audio = whisper.pad_or_trim(load_audio(audio_path))
-    return whisper.log_mel_spectrogram(audio, checkpoint.dims.n_mels).numpy()[None]
 
 
 def model_section(checkpoint: Checkpoint) -> dict[str, Any]:
