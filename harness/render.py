@@ -1,87 +1,451 @@
-"""Markdown rendering of ``parity.json``: the verdict and provenance first, then the tables."""
+"""What the report says, in order, once: ``outline`` turns ``parity.json`` into sections and
+tables; ``markdown`` (here) and ``html`` (harness/html.py) only format them, so the two can never
+tell different stories.
+
+The verdict and the weights' provenance come first, loudly when the weights are not pretrained;
+then the encoder stage table, the mel and fused-encoder rows, the decoder, the transcripts side
+by side, the speed. Sections absent from the document are skipped.
+"""
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from harness.tolerances import Tolerances
-
-METRICS = ("cosine", "min_frame_cosine", "rel_l2", "max_abs", "snr_db")
-
-
-def markdown(report: dict[str, Any]) -> str:
-    sections = [_header(report), _encoder_table(report)]
-    return "\n\n".join(s for s in sections if s) + "\n"
+from harness.verdict import check, limits_of, stage_failures, verdict
 
 
-def _header(report: dict[str, Any]) -> str:
-    model, v = report["model"], report["versions"]
-    banner = ""
-    if model["weights"] != "pretrained":
-        banner = (
-            f"\n> **{model['weights'].upper()} WEIGHTS** — not a pretrained Whisper: numerical parity "
-            "is meaningful, the transcribed text is not.\n"
-        )
-    divergent = report["encoder"]["first_divergent_stage"]
-    return "\n".join(
-        [
-            f"# Parity report: {model['name']} ({report['device']}, {report['dtype']})",
-            banner,
-            f"- First divergent encoder stage: **{divergent or 'none'}**",
-            f"- Weights: {model['weights']}, `{model['checkpoint']}` (sha256 {model['sha256'][:12]})",
-            f"- Versions: max {v['max']}, torch {v['torch']}, openai-whisper {v['whisper']}",
-            f"- Encoder input: 30 s window of `{report['encoder']['audio']}` (speech, then padding)",
-        ]
+@dataclass(frozen=True)
+class Status:
+    """An OK / NOT OK cell, coloured in HTML."""
+
+    ok: bool
+    text: str
+
+
+@dataclass(frozen=True)
+class Words:
+    """Words of a transcript diff: ``change`` is "" (same), "del" (PyTorch's) or "ins" (MAX's)."""
+
+    text: str
+    change: str = ""
+
+
+Cell = str | Status | tuple[Words, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    cells: tuple[Cell, ...]
+    style: str = ""  # "limit" (the tolerance row) or "divergent" (the first divergent stage)
+
+
+@dataclass(frozen=True)
+class Table:
+    columns: tuple[str, ...]
+    rows: list[Row]
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    bullets: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)  # file names written by harness/plots.py
+
+
+@dataclass(frozen=True)
+class Outline:
+    title: str
+    banner: str | None
+    verdict: dict[str, Any]
+    provenance: list[str]
+    sections: list[Section]
+
+
+STAGE_COLUMNS = (
+    "stage",
+    "isolated rel_l2",
+    "isolated 1−cos",
+    "isolated 1−min frame cos",
+    "isolated max_abs",
+    "isolated SNR dB",
+    "chained rel_l2",
+    "chained 1−min frame cos",
+    "status",
+)
+METRIC_LABELS = {"cosine": "1−cos", "min_frame_cosine": "1−min frame cos", "snr_db": "SNR dB"}
+METRIC_COLUMNS = ("rel_l2", "1−cos", "1−min frame cos", "max_abs", "SNR dB")
+
+
+def outline(document: dict[str, Any]) -> Outline:
+    """The report's content, format-free. Optional sections appear only when present."""
+    model = document["model"]
+    limits = limits_of(document)
+    sections = [
+        _encoder_section(document.get("encoder"), limits),
+        _whole_graphs_section(document, limits),
+        _decoder_section(document.get("decoder", {}).get("teacher_forced"), limits),
+        _transcripts_section(document.get("transcripts")),
+        _speed_section(document.get("speed")),
+        _noise_floor_section(document.get("noise_floor")),
+    ]
+    return Outline(
+        title=f"Parity report: {model['name']} ({document['device']}, {document['dtype']})",
+        banner=_banner(model["weights"]),
+        verdict=verdict(document),
+        provenance=_provenance(document),
+        sections=[s for s in sections if s],
     )
 
 
-def _encoder_table(report: dict[str, Any]) -> str:
-    encoder = report["encoder"]
-    header = (
-        "| stage | iso rel_l2 | iso cosine | iso min frame cos | iso max_abs | iso SNR dB "
-        "| chained rel_l2 | chained min frame cos | verdict |"
+def _banner(weights: str) -> str | None:
+    """Random or hand-made weights give meaningful numerical parity but meaningless text."""
+    if weights == "pretrained":
+        return None
+    return (
+        f"{weights.upper()} WEIGHTS — not a pretrained Whisper checkpoint: numerical parity is "
+        "meaningful, the transcribed text is not."
     )
-    rows = [header, "|" + "---|" * 9]
-    for result in encoder["stages"]:
-        iso, ch = result["isolated"], result["chained"]
-        verdict = _verdict(report, result)
-        name = result["stage"]
-        if name == encoder["first_divergent_stage"]:
-            name = f"**{name}** ⟵ first divergent"
+
+
+def _provenance(document: dict[str, Any]) -> list[str]:
+    model = document["model"]
+    lines = [
+        f"Weights: {model['weights']}, checkpoint {model['checkpoint']}",
+        f"Checkpoint sha256: {model['sha256']}",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in document["versions"].items()),
+    ]
+    if model.get("dims"):
+        lines.append("Dimensions: " + ", ".join(f"{k} {v}" for k, v in model["dims"].items()))
+    compile_s = document.get("compile_s")
+    if compile_s:
+        lines.append(f"MAX graphs compiled: {len(compile_s)}, {sum(compile_s.values()):.1f} s")
+    return lines
+
+
+def _encoder_section(encoder: dict[str, Any] | None, limits: Tolerances) -> Section | None:
+    if not encoder or not encoder.get("stages"):
+        return None
+    divergent = encoder.get("first_divergent_stage")
+    bullets = [
+        "Isolated: each MAX stage fed PyTorch's input to it (its own error). Chained: fed MAX's "
+        "previous output (the drift accumulated so far).",
+        f"First divergent stage (first isolated error over tolerance): {divergent or 'none'}",
+    ]
+    if encoder.get("audio"):
+        bullets.insert(0, f"Input: 30 s window of {encoder['audio']} (speech, then padding)")
+    return Section(
+        "Encoder, stage by stage",
+        bullets,
+        [stage_table(encoder["stages"], limits, divergent)],
+        ["encoder_stages.png", "encoder_frame_error.png"],
+    )
+
+
+def stage_table(stages: list[dict[str, Any]], limits: Tolerances, divergent: str | None) -> Table:
+    """Isolated and chained metrics per stage under a row of the limits they are held to."""
+    limit_row = Row(
+        (
+            "limit",
+            _limit(limits, "isolated", "rel_l2"),
+            _limit(limits, "isolated", "cosine"),
+            _limit(limits, "isolated", "min_frame_cosine"),
+            "",
+            "",
+            _limit(limits, "chained", "rel_l2"),
+            _limit(limits, "chained", "min_frame_cosine"),
+            "",
+        ),
+        style="limit",
+    )
+    rows = [limit_row]
+    for result in stages:
+        iso, chained = result["isolated"], result["chained"]
+        bad = stage_failures(result, limits)
+        first = result["stage"] == divergent
         rows.append(
-            f"| {name} | {_num(iso['rel_l2'])} | {_cos(iso['cosine'])} | {_cos(iso['min_frame_cosine'])} "
-            f"| {_num(iso['max_abs'])} | {_db(iso['snr_db'])} | {_num(ch['rel_l2'])} "
-            f"| {_cos(ch['min_frame_cosine'])} | {verdict} |"
+            Row(
+                (
+                    result["stage"] + (" ⟵ first divergent" if first else ""),
+                    *_metric_cells(iso),
+                    _sci(chained.get("rel_l2")),
+                    _one_minus(chained.get("min_frame_cosine")),
+                    _status(bad),
+                ),
+                style="divergent" if first else "",
+            )
         )
-    fused = encoder["fused"]
-    rows.append(
-        f"| *fused encoder* | {_num(fused['rel_l2'])} | {_cos(fused['cosine'])} "
-        f"| {_cos(fused['min_frame_cosine'])} | {_num(fused['max_abs'])} | {_db(fused['snr_db'])} "
-        f"| | | {_fused_verdict(report)} |"
+    return Table(STAGE_COLUMNS, rows)
+
+
+def _whole_graphs_section(document: dict[str, Any], limits: Tolerances) -> Section | None:
+    """The mel front end and the one-graph encoder: single comparisons, one row each."""
+    rows = []
+    if "mel" in document:
+        rows.append(_single_row("mel spectrogram", document["mel"], "mel", limits))
+    fused = document.get("encoder", {}).get("fused")
+    if fused:
+        rows.append(_single_row("encoder, one fused graph", fused, "fused", limits))
+    if not rows:
+        return None
+    return Section(
+        "Mel spectrogram and fused encoder",
+        ["Each is one MAX graph fed the same input as PyTorch, compared with its output."],
+        [Table(("comparison", *METRIC_COLUMNS, "limit", "status"), rows)],
     )
-    return "## Encoder, stage by stage\n\n" + "\n".join(rows)
 
 
-def _verdict(report: dict[str, Any], result: dict[str, Any]) -> str:
-    limits = Tolerances(report["dtype"], report["tolerances"])
-    bad = limits.violations(result["isolated"], "isolated")
-    bad += [f"chained {v}" for v in limits.violations(result["chained"], "chained")]
-    return "OK" if not bad else "NOT OK: " + "; ".join(bad)
+def _single_row(name: str, metrics: dict[str, Any], kind: str, limits: Tolerances) -> Row:
+    limit = ", ".join(
+        f"{METRIC_LABELS.get(metric, metric)} {_limit(limits, kind, metric)}"
+        for metric in limits.limits.get(kind, {})
+    )
+    return Row((name, *_metric_cells(metrics), limit, _status(check(metrics, kind, limits))))
 
 
-def _fused_verdict(report: dict[str, Any]) -> str:
-    limits = Tolerances(report["dtype"], report["tolerances"])
-    bad = limits.violations(report["encoder"]["fused"], "fused")
-    return "OK" if not bad else "NOT OK: " + "; ".join(bad)
+def _decoder_section(teacher_forced: dict[str, Any] | None, limits: Tolerances) -> Section | None:
+    if not teacher_forced:
+        return None
+    mismatched = [s["step"] for s in teacher_forced.get("per_step", []) if not s["top1_match"]]
+    bullets = [
+        "Teacher forcing: both decoders read the same token sequence, so every step compares the "
+        "next-token distributions on equal terms.",
+        f"Steps where the top-1 token differs: {', '.join(map(str, mismatched)) or 'none'}",
+    ]
+    summary = Table(
+        ("steps", "top-1 agreement", "max KL", "max |Δ logit|", "min top-2 gap", "status"),
+        [
+            Row(
+                (
+                    str(teacher_forced["steps"]),
+                    f"{teacher_forced['top1_agreement']:.2%}",
+                    _sci(teacher_forced.get("max_kl")),
+                    _sci(teacher_forced.get("max_abs_logit")),
+                    _fixed(teacher_forced.get("min_top2_gap")),
+                    _status(check(teacher_forced, "teacher_forced", limits)),
+                )
+            )
+        ],
+    )
+    tables = [summary]
+    if teacher_forced.get("stages"):
+        divergent = teacher_forced.get("first_divergent_stage")
+        tables.append(stage_table(teacher_forced["stages"], limits, divergent))
+    return Section(
+        "Decoder, teacher-forced", bullets, tables, ["decoder_steps.png", "decoder_stages.png"]
+    )
 
 
-def _num(value: float | None) -> str:
+def _transcripts_section(transcripts: list[dict[str, Any]] | None) -> Section | None:
+    if not transcripts:
+        return None
+    rows = [_transcript_row(t) for t in transcripts]
+    columns = (
+        "audio",
+        "reference",
+        "PyTorch",
+        "MAX, changes from PyTorch marked",
+        "tokens",
+        "WER MAX vs PyTorch",
+        "WER vs reference (PyTorch / MAX)",
+    )
+    return Section("Transcripts", [], [Table(columns, rows)])
+
+
+def _transcript_row(transcript: dict[str, Any]) -> Row:
+    torch_text, max_text = transcript["torch"]["text"], transcript["max"]["text"]
+    divergent = transcript.get("first_divergent_token")
+    tokens = Status(True, "equal")
+    if not transcript["tokens_equal"]:
+        tokens = Status(False, f"differ from token {divergent}")
+    wer = transcript.get("wer_vs_reference") or {}
+    return Row(
+        (
+            f"{transcript['audio']} ({transcript['duration_s']:.1f} s)",
+            transcript.get("reference_text") or "—",
+            torch_text,
+            word_diff(torch_text, max_text),
+            tokens,
+            _fixed(transcript.get("wer_max_vs_torch")),
+            f"{_fixed(wer.get('torch'))} / {_fixed(wer.get('max'))}",
+        )
+    )
+
+
+def word_diff(before: str, after: str) -> tuple[Words, ...]:
+    """``after`` as runs of words, with what ``before`` had instead marked deleted."""
+    old, new = before.split(), after.split()
+    runs = []
+    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            runs.append(Words(" ".join(new[j1:j2])))
+            continue
+        if i2 > i1:
+            runs.append(Words(" ".join(old[i1:i2]), "del"))
+        if j2 > j1:
+            runs.append(Words(" ".join(new[j1:j2]), "ins"))
+    return tuple(runs)
+
+
+SPEED_ROWS = (
+    ("encoder_ms", "encoder, 30 s window (ms)"),
+    ("decode_ms_per_token", "decoding (ms per token)"),
+    ("end_to_end_rtf", "end to end (real-time factor)"),
+)
+
+
+def _speed_section(speed: dict[str, Any] | None) -> Section | None:
+    if not speed:
+        return None
+    rows = [
+        Row(
+            (
+                label,
+                _fixed(speed[key]["torch"]),
+                _fixed(speed[key]["max"]),
+                _times(speedup(speed[key])),
+            )
+        )
+        for key, label in SPEED_ROWS
+        if key in speed
+    ]
+    bullets = []
+    if "threads" in speed:
+        bullets.append(f"CPU threads: {speed['threads']}")
+    compile_s = speed.get("compile_s")
+    if compile_s:
+        cold = compile_s.get("cold")
+        cold_text = "not measured" if cold is None else f"{cold:.1f} s"
+        bullets.append(f"MAX compile: cold {cold_text}, warm (cached) {compile_s['warm']:.1f} s")
+    table = Table(("measure", "PyTorch", "MAX", "MAX speed-up (PyTorch / MAX)"), rows)
+    return Section("Speed", bullets, [table], ["speed.png"])
+
+
+def speedup(pair: dict[str, float | None]) -> float | None:
+    """PyTorch time over MAX time: above 1 means MAX is faster; None when either is missing."""
+    torch_time, max_time = pair.get("torch"), pair.get("max")
+    if not torch_time or not max_time:
+        return None
+    return torch_time / max_time
+
+
+def _times(ratio: float | None) -> str:
+    return "—" if ratio is None else f"{ratio:.2f}×"
+
+
+def _noise_floor_section(noise_floor: dict[str, Any] | None) -> Section | None:
+    if not noise_floor:
+        return None
+    rows = [Row((stage, *_metric_cells(metrics))) for stage, metrics in noise_floor.items()]
+    return Section(
+        "Noise floor",
+        ["The same metrics between two PyTorch runs that should agree: the floor under parity."],
+        [Table(("stage", *METRIC_COLUMNS), rows)],
+    )
+
+
+def _metric_cells(metrics: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        _sci(metrics.get("rel_l2")),
+        _one_minus(metrics.get("cosine")),
+        _one_minus(metrics.get("min_frame_cosine")),
+        _sci(metrics.get("max_abs")),
+        _db(metrics.get("snr_db")),
+    )
+
+
+def _status(failures: list[str]) -> Status:
+    return Status(True, "OK") if not failures else Status(False, "NOT OK: " + "; ".join(failures))
+
+
+def _limit(limits: Tolerances, kind: str, metric: str) -> str:
+    value = limits.limit(kind, metric)
+    if value is None:
+        return ""
+    return f"≤ {_sci(1 - value if 'cosine' in metric else value)}"
+
+
+def _sci(value: float | None) -> str:
     return "—" if value is None else f"{value:.2e}"
 
 
-def _cos(value: float | None) -> str:
-    return "—" if value is None else f"{value:.9f}"
+def _fixed(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def _one_minus(cosine: float | None) -> str:
+    """1 − cosine: 0.9999999999998 and 0.9999999 both print as 1.000000 otherwise."""
+    return "—" if cosine is None else _sci(max(1.0 - cosine, 0.0))
 
 
 def _db(value: float | None) -> str:
     return "∞" if value is None or value == float("inf") else f"{value:.1f}"
+
+
+# -- Markdown ------------------------------------------------------------------------------------
+
+
+def markdown(document: dict[str, Any], plots: Iterable[str] = ()) -> str:
+    """report.md; ``plots`` are the PNG file names written next to it, linked where they belong."""
+    report, available = outline(document), set(plots)
+    parts = [f"# {_md(report.title)}"]
+    if report.banner:
+        parts.append(f"> **{_md(report.banner)}**")
+    parts.append(_md_verdict(report.verdict))
+    parts.append("\n".join(f"- {_md(line)}" for line in report.provenance))
+    for section in report.sections:
+        parts.append(_md_section(section, available))
+    return "\n\n".join(parts) + "\n"
+
+
+def _md_verdict(result: dict[str, Any]) -> str:
+    if result["pass"]:
+        return "**Verdict: PASS** — every comparison is within tolerance."
+    lines = [f"**Verdict: FAIL** — {len(result['failures'])} problem(s):", ""]
+    return "\n".join(lines + [f"- `{failure}`" for failure in result["failures"]])
+
+
+def _md_section(section: Section, available: set[str]) -> str:
+    parts = [f"## {_md(section.title)}"]
+    if section.bullets:
+        parts.append("\n".join(f"- {_md(line)}" for line in section.bullets))
+    parts += [_md_table(table) for table in section.tables]
+    parts += [f"![{name}]({name})" for name in section.plots if name in available]
+    return "\n\n".join(parts)
+
+
+def _md_table(table: Table) -> str:
+    lines = ["| " + " | ".join(_md(c) for c in table.columns) + " |"]
+    lines.append("|" + "---|" * len(table.columns))
+    for row in table.rows:
+        cells = [_md_cell(cell) for cell in row.cells]
+        if row.style == "divergent":
+            cells[0] = f"**{cells[0]}**"
+        elif row.style == "limit":
+            cells = [f"*{cell}*" if cell else "" for cell in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _md_cell(cell: Cell) -> str:
+    if isinstance(cell, Status):
+        return _md(cell.text) if cell.ok else f"**{_md(cell.text)}**"
+    if isinstance(cell, tuple):
+        marks = {"": "{}", "del": "~~{}~~", "ins": "**{}**"}
+        return " ".join(marks[run.change].format(_md(run.text)) for run in cell)
+    return _md(cell)
+
+
+_MD_SPECIAL = re.compile(r"([\\`*~|<>\[\]#])|(?<!\w)_|_(?!\w)")
+
+
+def _md(text: str) -> str:
+    """Plain text made inert in Markdown (a transcript may hold any character); intra-word
+    underscores stay, as they are not emphasis."""
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), " ".join(text.split()))
