@@ -13,9 +13,9 @@ What whisper does, and where this graph reproduces it (``whisper/audio.py``):
    reshapes them into hop-sized rows and builds frame ``t`` as rows ``t``, ``t+1`` and the first
    80 samples of ``t+2`` (400 = 160 + 160 + 80): no gather, and the number of frames is a
    symbolic dimension, so one compiled graph serves the 30 s window and whole recordings.
-4. The Hann-windowed DFT is one matmul with a precomputed (400, 2·201) basis (window folded in,
-   angles reduced exactly as ``n·k mod 400`` in float64, then rounded once to float32); power is
-   re² + im², like ``|stft|²``.
+4. The Hann-windowed DFT is one matmul with a precomputed (400, 2·201) basis (whisper's float32
+   window folded into float64 cos/sin, rounded once to float32); power is re² + im², like
+   ``|stft|²``. It differs from torch's FFT only in the order of float32 rounding.
 5. Mel projection, ``log10(clamp(min=1e-10))``, the clamp to 8 decades below the maximum *of
    the whole input* (a global reduction in-graph, so long audio is not split into windows with
    their own maxima) and ``(x + 4) / 4``.
@@ -46,11 +46,13 @@ CENTER_PAD = N_FFT // 2  # torch.stft(center=True) reflect padding on each side
 def dft_basis() -> np.ndarray:
     """(N_FFT, 2·N_BINS) float32: Hann-windowed cos | −sin, so ``frames @ basis`` = re | im.
 
-    The periodic Hann window is ``torch.hann_window``'s; the phase index ``n·k`` is reduced mod
-    N_FFT before scaling so every angle is exact in float64, and the basis is rounded once.
+    The window is whisper's own float32 ``torch.hann_window(N_FFT)``, not a float64 Hann rounded
+    anew: 320 of its 400 values differ by an ulp, which moves near-floor log-mel values by ~1e-5.
+    The phase index ``n·k`` is reduced mod N_FFT so every angle is exact in float64, and the
+    windowed basis is rounded to float32 once.
     """
+    window = torch.hann_window(N_FFT, dtype=torch.float32).double().numpy()
     n = np.arange(N_FFT)
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)
     angle = 2 * np.pi * (np.outer(n, np.arange(N_BINS)) % N_FFT) / N_FFT
     basis = np.concatenate([np.cos(angle), -np.sin(angle)], axis=1) * window[:, None]
     return basis.astype(np.float32)
