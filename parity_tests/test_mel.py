@@ -34,28 +34,10 @@ CLIPS = ["short.wav", "sentences.wav", "long.wav", "silence.wav"]
 # the quietest bins, which the log then amplifies: rounding whisper's Hann window differently
 # (1 ulp) alone moves torch's own output by up to 4.7e-5. "Slip" below is the subtlest real
 # porting bug measured on these clips: a symmetric instead of periodic Hann window.
-TOLERANCES = {
-    # measured <= 1.7e-6 on the clips, 2.9e-6 on 2-frame snippets; slip gives >= 8e-4.
-    "rel_l2": 1e-5,
-    # measured <= 4.0e-5; 5e-4 is a fifth of the worst case, a bin at the floor (1e-4 of the peak
-    # amplitude) in the loudest frame: relative power error 2·eps·√400 / 1e-4, 2.6e-3 on this
-    # scale. The slip gives >= 3.2e-2.
-    "max_abs": 5e-4,
-    # measured 1 - cosine <= 1.4e-12; 1 - cosine ~ rel_l2² / 2, and the slip gives >= 1.9e-7.
-    "cosine": 1 - 1e-9,
-    # measured 1 - min_frame_cosine <= 5.1e-11; the slip gives >= 1.9e-4.
-    "min_frame_cosine": 1 - 1e-8,
-}
-
-
-def violations(metrics: Metrics) -> dict[str, float]:
-    """The metrics outside ``TOLERANCES``, by name."""
-    lower = {"cosine", "min_frame_cosine"}
-    return {
-        name: metrics[name]
-        for name, bound in TOLERANCES.items()
-        if (metrics[name] < bound if name in lower else metrics[name] > bound)
-    }
+@pytest.fixture(scope="module")
+def violations(float32_tolerances):
+    """The metrics outside the ``mel`` tolerances of fixtures/tolerances.json."""
+    return lambda metrics: float32_tolerances.violations(metrics, "mel")
 
 
 def mel_metrics(mel: MaxLogMel, audio: np.ndarray, padding: int = 0) -> Metrics:
@@ -119,15 +101,18 @@ def test_too_short_audio_is_a_clear_error(mel80: MaxLogMel) -> None:
         mel80(np.zeros(200, dtype=np.float32))
 
 
-def test_without_the_log_clamp_quiet_parts_fall_below_the_floor(mel_no_clamp: MaxLogMel) -> None:
+def test_without_the_log_clamp_quiet_parts_fall_below_the_floor(
+    mel_no_clamp: MaxLogMel, float32_tolerances
+) -> None:
     """The fault shows only where whisper clamps (the zero padding) and matches elsewhere."""
+    max_abs = float32_tolerances.limit("mel", "max_abs")
     window = whisper.pad_or_trim(clip("short.wav"))
     candidate = mel_no_clamp(window)
     reference = whisper.log_mel_spectrogram(window).numpy()
     clamped = reference == reference.min()
-    assert compare(candidate.T, reference.T)["max_abs"] > 100 * TOLERANCES["max_abs"]
+    assert compare(candidate.T, reference.T)["max_abs"] > 100 * max_abs
     assert np.all(candidate[clamped] < reference[clamped])
-    assert np.max(np.abs(candidate - reference)[~clamped]) <= TOLERANCES["max_abs"]
+    assert np.max(np.abs(candidate - reference)[~clamped]) <= max_abs
 
 
 def test_transcribe_computes_its_mel_through_max_only_inside_the_context() -> None:

@@ -89,9 +89,15 @@ class MaxAudioEncoder:
         if key not in self._models:
             graph = self._graph(kind)
             compiled = self.engine.compile(lambda: graph, self._graph_name(kind))
-            weights = registry(self.state_dict, prefix, graph._weights, self.engine.torch_dtype)
+            names = self._module_names(prefix) if kind == "encoder" else graph._weights
+            weights = registry(self.state_dict, prefix, names, self.engine.torch_dtype)
             self._models[key] = self.engine.init(compiled, weights)
         return self._models[key]
+
+    def _module_names(self, prefix: str) -> list[str]:
+        """Every weight under ``prefix``: the fused graph also reads the blocks' weights through
+        its subgraph calls, which ``graph._weights`` lists only once, unprefixed."""
+        return [k.removeprefix(prefix) for k in self.state_dict if k.startswith(prefix)]
 
     def _graph_name(self, kind: str) -> str:
         d = self.dims

@@ -8,7 +8,9 @@ one compiled block graph serves every block.
 
 from __future__ import annotations
 
-from max.graph import TensorValue, ops
+from dataclasses import replace
+
+from max.graph import Graph, TensorValue, ops
 from whisper.model import ModelDimensions
 
 from harness.max_whisper.layers import (
@@ -93,8 +95,18 @@ def ln_post(scope: Scope, x: TensorValue) -> TensorValue:
 
 
 def audio_encoder(scope: Scope, mel: TensorValue, dims: ModelDimensions) -> TensorValue:
-    """The whole encoder in one graph: mel (batch, n_mels, frames) -> (batch, ctx, state)."""
+    """The whole encoder in one graph: mel (batch, n_mels, frames) -> (batch, ctx, state).
+
+    The block is one subgraph called once per layer with that layer's weight prefix, so the
+    compiler handles it once: compile time no longer grows with depth (32 layers in large).
+    """
     x = conv2(scope, conv1(scope, mel, dims.n_audio_state), dims.n_audio_ctx)
+    block = Graph.current.add_subgraph(
+        "residual_attention_block", input_types=[x.type], devices=[scope.device]
+    )
+    with block:
+        inner = replace(scope, prefix="", placeholder=True)
+        block.output(residual_attention_block(inner, block.inputs[0].tensor, dims.n_audio_head))
     for i in range(dims.n_audio_layer):
-        x = residual_attention_block(scope / "blocks" / i, x, dims.n_audio_head)
+        x = ops.call(block, x, prefix=(scope / "blocks" / i).prefix + ".")[0].tensor
     return ln_post(scope, x)

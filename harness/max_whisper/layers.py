@@ -26,13 +26,14 @@ class Scope:
     dtype: DType
     device: DeviceRef
     variant: Variant = Variant()
+    placeholder: bool = False  # inside a subgraph: names get the caller's prefix (ops.call)
 
     def __truediv__(self, name: str | int) -> Scope:
         return replace(self, prefix=f"{self.prefix}.{name}" if self.prefix else str(name))
 
     def weight(self, name: str, shape: list[int]) -> Weight:
         full = f"{self.prefix}.{name}" if self.prefix else name
-        return Weight(full, self.dtype, shape, self.device)
+        return Weight(full, self.dtype, shape, self.device, _placeholder=self.placeholder)
 
 
 def linear(scope: Scope, x: TensorValue, n_in: int, n_out: int, bias: bool = True) -> TensorValue:
