@@ -83,6 +83,10 @@ def load(path: Path) -> dict[str, Any]:
         raise HarnessError(f"{path}: not a schema-{SCHEMA} parity document (schema {found!r})")
     if not isinstance(document.get("dtype"), str):
         raise HarnessError(f"{path}: parity document without a dtype")
+    encoder = document.get("encoder")
+    if not isinstance(encoder, dict) or not encoder.get("stages"):
+        # Every report compares the encoder: without it, nothing failing would mean nothing run.
+        raise HarnessError(f"{path}: parity document without encoder stages")
     return document
 
 

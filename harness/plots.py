@@ -19,26 +19,20 @@ from harness.render import SPEED_ROWS, speedup
 from harness.tolerances import Tolerances
 from harness.verdict import limits_of
 
-# Float64 cosine resolves about 1e-16: smaller (or zero) 1 − cosine is drawn on this floor.
-LOG_FLOOR = 1e-17
-TORCH_COLOR, MAX_COLOR, LIMIT_COLOR = "#1f77b4", "#d62728", "#555555"
+BLUE, RED, GREY, ORANGE = "#1f77b4", "#d62728", "#555555", "#ff7f0e"
+KINDS = {"isolated": ("o", BLUE), "chained": ("s", RED)}  # marker and colour per kind
 
 
 def render(document: dict[str, Any]) -> dict[str, bytes]:
     """``{file name: PNG bytes}`` for every figure the document has data for."""
     limits = limits_of(document)
-    teacher_forced = document.get("decoder", {}).get("teacher_forced") or {}
+    encoder = document.get("encoder") or {}
+    teacher_forced = (document.get("decoder") or {}).get("teacher_forced") or {}
     figures: dict[str, Callable[[], Figure | None]] = {
-        "encoder_stages.png": lambda: stages_figure(
-            document.get("encoder", {}).get("stages"), limits, "Encoder"
-        ),
-        "encoder_frame_error.png": lambda: frame_error_figure(
-            document.get("encoder", {}).get("frame_errors")
-        ),
+        "encoder_stages.png": lambda: stages_figure(encoder, limits, "Encoder"),
+        "encoder_frame_error.png": lambda: frame_error_figure(encoder.get("frame_errors")),
         "decoder_steps.png": lambda: decoder_steps_figure(teacher_forced.get("per_step")),
-        "decoder_stages.png": lambda: stages_figure(
-            teacher_forced.get("stages"), limits, "Decoder"
-        ),
+        "decoder_stages.png": lambda: stages_figure(teacher_forced, limits, "Decoder"),
         "speed.png": lambda: speed_figure(document.get("speed")),
     }
     pngs = {}
@@ -55,25 +49,27 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def stages_figure(
-    stages: list[dict[str, Any]] | None, limits: Tolerances, title: str
-) -> Figure | None:
+def stages_figure(section: dict[str, Any], limits: Tolerances, title: str) -> Figure | None:
     """The drift curve (rel_l2, isolated vs chained) beside 1 − min frame cosine, with limits.
 
-    Isolated flat and chained rising slowly is round-off; a jump in isolated is a bug there.
+    ``section`` is the encoder's or the teacher-forced decoder's: ``stages`` and, optionally,
+    ``first_divergent_stage``. Isolated flat and chained rising slowly is round-off; a jump in
+    isolated is a bug in that stage.
     """
+    stages, divergent = section.get("stages"), section.get("first_divergent_stage")
     if not stages:
         return None
     figure = Figure(figsize=(11, 4.2), layout="constrained")
-    error_axes, cosine_axes = figure.subplots(1, 2)
     names = [s["stage"] for s in stages]
-    for axes, metric, label in (
-        (error_axes, "rel_l2", "relative L2 error"),
-        (cosine_axes, "min_frame_cosine", "1 − min frame cosine"),
+    for axes, metric, label in zip(
+        figure.subplots(1, 2),
+        ("rel_l2", "min_frame_cosine"),
+        ("relative L2 error", "1 − min frame cosine"),
+        strict=True,
     ):
-        for kind, marker, color in (("isolated", "o", TORCH_COLOR), ("chained", "s", MAX_COLOR)):
-            values = [_error(s[kind].get(metric), metric) for s in stages]
-            axes.plot(names, values, marker=marker, color=color, label=kind)
+        errors = {kind: [_error(s[kind].get(metric), metric) for s in stages] for kind in KINDS}
+        for kind, (marker, color) in KINDS.items():
+            axes.plot(range(len(names)), errors[kind], marker=marker, color=color, label=kind)
             bound = limits.limit(kind, metric)
             if bound is not None:
                 axes.axhline(
@@ -83,22 +79,35 @@ def stages_figure(
                     linewidth=1,
                     label=f"{kind} limit",
                 )
-        _log_axes(axes, label)
+        if divergent in names:
+            axes.axvline(
+                names.index(divergent),
+                color=ORANGE,
+                linewidth=10,
+                alpha=0.35,
+                label="first divergent",
+            )
+        exact = [all(errors[kind][i] == 0 for kind in KINDS) for i in range(len(names))]
+        labels = [
+            name + ("\n(exact)" if same else "") for name, same in zip(names, exact, strict=True)
+        ]
+        axes.set_xticks(range(len(names)), labels)
         axes.tick_params(axis="x", labelrotation=45)
+        _log_axes(axes, label)
     figure.suptitle(f"{title}: error per stage (log scale; lower is better)")
     return figure
 
 
 def _error(value: float | None, metric: str) -> float:
-    """The plotted error: 1 − cosine for cosines, floored for the log axis; NaN is a gap."""
+    """The plotted error: 1 − cosine for cosines. An exact 0 has no place on a log axis and is
+    left out (matplotlib masks it), a null is a gap."""
     if value is None:
         return math.nan
-    error = 1.0 - value if "cosine" in metric else value
-    return max(error, LOG_FLOOR)
+    return max(1.0 - value, 0.0) if "cosine" in metric else value
 
 
 def _log_axes(axes: Axes, label: str) -> None:
-    axes.set_yscale("log")
+    axes.set_yscale("log", nonpositive="mask")
     axes.set_ylabel(label)
     axes.grid(True, which="major", alpha=0.3)
     axes.legend(fontsize="small")
@@ -111,11 +120,11 @@ def frame_error_figure(frame_errors: dict[str, Any] | None) -> Figure | None:
     errors = [_error(e, "rel_l2") for e in frame_errors["rel_error_per_frame"]]
     figure = Figure(figsize=(11, 3.6), layout="constrained")
     axes = figure.subplots()
-    axes.plot(range(len(errors)), errors, color=MAX_COLOR, linewidth=0.8)
+    axes.plot(range(len(errors)), errors, color=RED, linewidth=0.8)
     speech = frame_errors.get("speech_frames")
     if speech is not None:
-        axes.axvline(speech, color=LIMIT_COLOR, linestyle="--", label="padded silence begins")
-        axes.axvspan(speech, len(errors), color=LIMIT_COLOR, alpha=0.08)
+        axes.axvline(speech, color=GREY, linestyle="--", label="padded silence begins")
+        axes.axvspan(speech, len(errors), color=GREY, alpha=0.08)
     axes.set_xlabel("encoder frame (20 ms each)")
     axes.set_xlim(0, len(errors))
     _log_axes(axes, "relative error per frame")
@@ -130,8 +139,8 @@ def decoder_steps_figure(per_step: list[dict[str, Any]] | None) -> Figure | None
     figure = Figure(figsize=(11, 5), layout="constrained")
     kl_axes, gap_axes = figure.subplots(2, 1, sharex=True)
     steps = [s["step"] for s in per_step]
-    kl_axes.plot(steps, [_error(s["kl"], "kl") for s in per_step], color=MAX_COLOR, label="KL")
-    gap_axes.plot(steps, [s["top2_gap"] for s in per_step], color=TORCH_COLOR, label="top-2 gap")
+    kl_axes.plot(steps, [_error(s["kl"], "kl") for s in per_step], color=RED, label="KL")
+    gap_axes.plot(steps, [s["top2_gap"] for s in per_step], color=BLUE, label="top-2 gap")
     mismatched = [s for s in per_step if not s["top1_match"]]
     if mismatched:
         gap_axes.scatter(
@@ -161,7 +170,7 @@ def speed_figure(speed: dict[str, Any] | None) -> Figure | None:
     for axes, (key, label) in zip(panels, measures, strict=True):
         pair = speed[key]
         values = [pair.get("torch") or 0.0, pair.get("max") or 0.0]
-        bars = axes.bar(["PyTorch", "MAX"], values, color=[TORCH_COLOR, MAX_COLOR])
+        bars = axes.bar(["PyTorch", "MAX"], values, color=[BLUE, RED])
         axes.bar_label(bars, fmt="%.3g")
         axes.set_title(label, fontsize="medium")
         axes.margins(y=0.15)

@@ -442,10 +442,11 @@ def _md_cell(cell: Cell) -> str:
     return _md(cell)
 
 
-_MD_SPECIAL = re.compile(r"([\\`*~|<>\[\]#])|(?<!\w)_|_(?!\w)")
+_MD_SPECIAL = re.compile(r"[\\`*~|<\[\]]|(?<!\w)_|_(?!\w)")
 
 
 def _md(text: str) -> str:
-    """Plain text made inert in Markdown (a transcript may hold any character); intra-word
-    underscores stay, as they are not emphasis."""
+    """Plain text made inert in Markdown (a transcript may hold any character). Only what is
+    markup mid-line is escaped, so the raw file stays readable: ``>`` and ``#`` matter only at
+    the start of a line, and underscores inside a word are not emphasis."""
     return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), " ".join(text.split()))

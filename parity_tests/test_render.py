@@ -1,0 +1,147 @@
+"""report.md, report.html, the figures and summary.csv, from fixtures/sample_parity.json.
+
+What a reader must see first (the verdict, the weights' provenance, a banner when they are not
+pretrained) and that every present section renders while absent ones are skipped. No MAX graph
+is compiled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from harness.html import html
+from harness.outputs import write_outputs
+from harness.render import Words, markdown, word_diff
+from harness.verdict import comparisons
+
+SAMPLE = Path(__file__).resolve().parent.parent / "fixtures" / "sample_parity.json"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ALL_PLOTS = {
+    "encoder_stages.png",
+    "encoder_frame_error.png",
+    "decoder_steps.png",
+    "decoder_stages.png",
+    "speed.png",
+}
+
+
+@pytest.fixture
+def sample() -> dict[str, Any]:
+    return json.loads(SAMPLE.read_text())
+
+
+@pytest.fixture
+def failing(sample) -> dict[str, Any]:
+    blocks_2 = sample["encoder"]["stages"][4]
+    assert blocks_2["stage"] == "blocks.2"
+    blocks_2["isolated"]["rel_l2"] = 3e-3
+    sample["encoder"]["first_divergent_stage"] = "blocks.2"
+    transcript = sample["transcripts"][0]
+    words = transcript["torch"]["text"].split()
+    transcript["max"]["text"] = " ".join(["<b>", *words[1:]])
+    transcript.update(tokens_equal=False, first_divergent_token=0)
+    return sample
+
+
+def test_markdown_opens_with_the_verdict_and_provenance(sample):
+    text = markdown(sample)
+    head = text[: text.index("## ")]
+    assert "SYNTHETIC WEIGHTS" in head
+    assert "**Verdict: PASS**" in head
+    assert sample["model"]["sha256"] in head
+    assert f"max {sample['versions']['max']}" in head
+
+
+def test_markdown_has_every_section_and_table(sample):
+    text = markdown(sample)
+    for title in ("Encoder, stage by stage", "Mel spectrogram", "Decoder", "Transcripts", "Speed"):
+        assert f"## {title}" in text
+    assert "| *limit* | *≤ 2.00e-06* |" in text
+    assert "| ln_post | " in text
+    assert "| mel spectrogram | " in text
+    assert "| decoder.blocks.3 | " in text
+    assert "MAX speed-up" in text
+
+
+def test_pretrained_weights_have_no_banner(sample):
+    sample["model"]["weights"] = "pretrained"
+    assert "WEIGHTS" not in markdown(sample)
+    assert 'class="banner"' not in html(sample)
+
+
+def test_a_failing_report_says_so_and_marks_the_stage(failing):
+    text = markdown(failing)
+    assert "**Verdict: FAIL** — 2 problem(s)" in text
+    assert "- `encoder blocks.2 isolated rel_l2 0.003 > 2e-06`" in text
+    assert "| **blocks.2 ⟵ first divergent** |" in text
+    assert "**NOT OK: isolated rel_l2 0.003 > 2e-06**" in text
+    assert "**differ from token 0**" in text
+
+
+def test_transcript_differences_are_marked(failing):
+    first_word = failing["transcripts"][0]["torch"]["text"].split()[0]
+    assert f"~~{first_word}~~ **\\<b>**" in markdown(failing)
+    page = html(failing)
+    assert f"<del>{first_word}</del> <ins>&lt;b&gt;</ins>" in page
+    assert "<b>" not in page  # transcript text is escaped, never markup
+
+
+def test_word_diff_keeps_the_common_words():
+    assert word_diff("the cat sat down", "the dog sat") == (
+        Words("the"),
+        Words("cat", "del"),
+        Words("dog", "ins"),
+        Words("sat"),
+        Words("down", "del"),
+    )
+
+
+def test_html_is_one_self_contained_page(failing):
+    page = html(failing, {"encoder_stages.png": PNG_MAGIC + b"fake"})
+    assert page.startswith("<!DOCTYPE html>")
+    assert "<script" not in page and 'src="http' not in page
+    assert 'class="banner">SYNTHETIC WEIGHTS' in page
+    assert 'class="verdict fail">Verdict: FAIL' in page
+    assert '<tr class="divergent"><td>blocks.2 ⟵ first divergent</td>' in page
+    assert 'src="data:image/png;base64,iVBORw0KGgpmYWtl"' in page
+
+
+def test_write_outputs_writes_every_file(tmp_path, sample):
+    written = write_outputs(sample, tmp_path)
+    names = {path.name for path in written}
+    assert names == ALL_PLOTS | {"report.md", "report.html", "summary.csv"}
+    for name in ALL_PLOTS:
+        png = (tmp_path / name).read_bytes()
+        assert png.startswith(PNG_MAGIC) and len(png) > 10_000
+    assert "![encoder_stages.png](encoder_stages.png)" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == len(ALL_PLOTS)
+
+
+def test_summary_csv_has_one_row_per_comparison(tmp_path, failing):
+    write_outputs(failing, tmp_path)
+    table = pd.read_csv(tmp_path / "summary.csv")
+    assert len(table) == len(list(comparisons(failing)))
+    assert list(table.columns[:3]) == ["section", "stage", "kind"]
+    bad = table[~table["ok"]]
+    assert bad[["section", "stage", "kind"]].values.tolist() == [
+        ["encoder", "blocks.2", "isolated"]
+    ]
+    assert table.loc[table["stage"] == "conv1", "cosine"].iloc[0] == pytest.approx(
+        failing["encoder"]["stages"][0]["isolated"]["cosine"], abs=0, rel=1e-15
+    )
+
+
+def test_a_minimal_report_renders_only_what_it_has(tmp_path, sample):
+    for section in ("mel", "decoder", "transcripts", "speed", "compile_s"):
+        del sample[section]
+    del sample["encoder"]["frame_errors"]
+    written = {path.name for path in write_outputs(sample, tmp_path)}
+    assert written == {"encoder_stages.png", "report.md", "report.html", "summary.csv"}
+    text = (tmp_path / "report.md").read_text()
+    assert "## Decoder" not in text and "## Transcripts" not in text and "## Speed" not in text
+    assert "| encoder, one fused graph |" in text
