@@ -110,7 +110,7 @@ def stage_failures(result: dict[str, Any], limits: Tolerances) -> list[str]:
 
 
 def transcript_failures(transcript: dict[str, Any]) -> list[str]:
-    """None when MAX decoded the same tokens as PyTorch, else one line saying where they split."""
+    """Nothing when MAX decoded the same tokens as PyTorch, else one line on where they split."""
     if transcript["tokens_equal"]:
         return []
     return [
