@@ -77,11 +77,15 @@ def attention(
 ) -> TensorValue:
     """softmax(q kᵀ / √d + mask) v over (batch, head, ctx, head_dim) tensors.
 
-    MAX's compiler recognises fused attention only as ``softmax(scores * scale) @ v``
-    (scale as the right operand), so the product is written in exactly that order.
+    Unmasked, the product is written as ``softmax(scores * scale) @ v``, the exact operand order
+    in which MAX's compiler recognises fused attention. Masked, softmax is spelled out: MAX 26.7
+    fuses ``softmax(scores * scale + mask) @ v`` (in every arrangement tried) into attention that
+    silently drops the mask, which this harness caught as decoder drift (see README).
     """
     scale = scope.variant.attention_scale(int(q.shape[-1]))
     scores = q @ ops.permute(k, [0, 1, 3, 2])
-    if mask is not None:
-        scores = scores + mask
-    return ops.softmax(scores * scale) @ v
+    if mask is None:
+        return ops.softmax(scores * scale) @ v
+    scores = (scores + mask) * scale
+    weights = ops.exp(scores - ops.max(scores, axis=-1))
+    return (weights / ops.sum(weights, axis=-1)) @ v

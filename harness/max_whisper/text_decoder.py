@@ -194,7 +194,7 @@ class MaxTextDecoder:
             shape += f"a{d.n_audio_ctx}"
         if kind in ("cross_kv", "step"):
             shape += f"l{d.n_text_layer}"
-        return f"whisper_decoder_{kind}_{shape}_{self.engine.dtype}_{self.variant_tag}"
+        return f"whisper_decoder_{kind}_{shape}_{self.engine.dtype.name}_{self.variant_tag}"
 
     @property
     def variant_tag(self) -> str:
