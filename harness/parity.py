@@ -7,12 +7,12 @@ up to it. Together they tell a bug in one stage from round-off growing along the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypedDict
 
 import numpy as np
 
-from harness.max_whisper.audio_encoder import MaxAudioEncoder
+from harness.max_whisper.audio_encoder import MaxAudioEncoder, Stage
 from harness.metrics import Metrics, compare
 from harness.tolerances import Tolerances
 
@@ -39,6 +39,36 @@ class EncoderParity(TypedDict):
 Progress = Callable[[str], None]
 
 
+def compare_stages(
+    stages: Sequence[Stage],
+    run: Callable[[Stage, np.ndarray], np.ndarray],
+    reference: dict[str, np.ndarray],
+    first_input: str,
+    progress: Progress = lambda _msg: None,
+) -> tuple[list[StageResult], dict[str, np.ndarray]]:
+    """Run every stage isolated and chained against a reference trace.
+
+    ``reference[first_input]`` feeds the first stage; ``reference[stage.name]`` is each stage's
+    expected output. Returns the results and MAX's chained outputs by stage name.
+    """
+    results: list[StageResult] = []
+    chained_outputs: dict[str, np.ndarray] = {}
+    previous_name, chained_input = first_input, reference[first_input]
+    for stage in stages:
+        progress(f"stage {stage.name}")
+        isolated = run(stage, reference[previous_name])
+        chained_input = chained_outputs[stage.name] = run(stage, chained_input)
+        results.append(
+            StageResult(
+                stage=stage.name,
+                isolated=compare(isolated, reference[stage.name]),
+                chained=compare(chained_input, reference[stage.name]),
+            )
+        )
+        previous_name = stage.name
+    return results, chained_outputs
+
+
 def encoder_parity(
     candidate: MaxAudioEncoder,
     reference: dict[str, np.ndarray],
@@ -51,21 +81,9 @@ def encoder_parity(
     ``speech_fraction`` is the share of the 30 s window that is audio rather than padding; it
     marks where silence begins in the per-frame errors of the stage that drifted most.
     """
-    results: list[StageResult] = []
-    chained_outputs: dict[str, np.ndarray] = {}
-    previous_name, chained_input = "mel", reference["mel"]
-    for stage in candidate.stages():
-        progress(f"encoder stage {stage.name}")
-        isolated = candidate.run_stage(stage, reference[previous_name])
-        chained_input = chained_outputs[stage.name] = candidate.run_stage(stage, chained_input)
-        results.append(
-            StageResult(
-                stage=stage.name,
-                isolated=compare(isolated, reference[stage.name]),
-                chained=compare(chained_input, reference[stage.name]),
-            )
-        )
-        previous_name = stage.name
+    results, chained_outputs = compare_stages(
+        candidate.stages(), candidate.run_stage, reference, "mel", progress
+    )
     progress("fused encoder")
     fused = compare(candidate(reference["mel"]), reference["ln_post"])
     worst = max(results, key=lambda r: r["chained"]["rel_l2"])["stage"]
@@ -74,20 +92,6 @@ def encoder_parity(
         fused=fused,
         first_divergent_stage=first_divergent(results, tolerances),
         frame_errors=frame_errors(worst, chained_outputs[worst], reference[worst], speech_fraction),
-    )
-
-
-def frame_errors(
-    stage: str, candidate: np.ndarray, reference: np.ndarray, speech_fraction: float
-) -> FrameErrors:
-    """Relative error of each frame of batch item 0: shows whether error sits in speech or padding."""
-    difference = np.linalg.norm((candidate[0] - reference[0]).astype(np.float64), axis=-1)
-    scale = np.linalg.norm(reference[0].astype(np.float64), axis=-1)
-    per_frame = np.divide(difference, scale, out=np.zeros_like(difference), where=scale > 0)
-    return FrameErrors(
-        stage=stage,
-        rel_error_per_frame=[float(e) for e in per_frame],
-        speech_frames=int(round(speech_fraction * len(per_frame))),
     )
 
 

@@ -75,7 +75,7 @@ def trace_decoder(decoder: TextDecoder, tokens: np.ndarray, audio_features: np.n
     ``decoder.embed`` is token plus positional embedding (the input of block 0), then
     ``decoder.blocks.i``, ``decoder.ln`` and ``logits`` (batch, tokens, vocab).
     """
-    trace: Trace = {}
+    trace: Trace = {"tokens": np.ascontiguousarray(tokens, dtype=np.int64)}
     handles = [
         decoder.blocks[0].register_forward_pre_hook(_record_input(trace, "decoder.embed")),
         decoder.ln.register_forward_hook(_record(trace, "decoder.ln")),

@@ -1,0 +1,104 @@
+"""Audio to text through openai-whisper's own decoding, with the numerics in MAX or PyTorch.
+
+Both backends go through ``whisper.transcribe`` and ``DecodingTask``, so the tokenizer, prompts,
+language and task tokens, logit filters, suppression, timestamp rules and the 30 s windowing of
+long audio are shared code; only the log-mel, the encoder and the decoder differ. ``MaxWhisper``
+stands in for ``whisper.Whisper`` where decoding calls the model, and every one of those calls
+is served by MAX graphs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+import whisper
+from whisper.decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
+
+from harness.checkpoints import Checkpoint
+from harness.max_whisper.audio_encoder import MaxAudioEncoder
+from harness.max_whisper.engine import Engine
+from harness.max_whisper.inference import MaxInference
+from harness.max_whisper.mel import MaxLogMel
+from harness.max_whisper.text_decoder import MaxTextDecoder
+from harness.max_whisper.transcribe_hook import max_log_mel
+from harness.max_whisper.variant import FAITHFUL, Variant
+
+BACKENDS = ("max", "torch")
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    tokens: list[int]
+    language: str
+    segments: list[dict[str, Any]] = field(repr=False)
+
+
+class MaxWhisper:
+    """The attributes and methods of ``whisper.Whisper`` that decoding uses, all run by MAX."""
+
+    def __init__(self, checkpoint: Checkpoint, engine: Engine, variant: Variant = FAITHFUL) -> None:
+        self.reference = checkpoint.model  # for DecodingTask's set-up only; never run
+        self.dims = checkpoint.dims
+        self.device = torch.device("cpu")  # where decoding keeps its token tensors
+        self.is_multilingual = checkpoint.model.is_multilingual
+        self.num_languages = checkpoint.model.num_languages
+        state = checkpoint.model.state_dict()
+        self.log_mel = MaxLogMel(self.dims.n_mels, engine, variant)
+        self.audio_encoder = MaxAudioEncoder(self.dims, state, engine, variant)
+        self.text_decoder = MaxTextDecoder(self.dims, state, engine, variant)
+
+    def encoder(self, mel: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.audio_encoder(mel.float().numpy()))
+
+    def logits(self, tokens: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
+        """Whole-sequence logits, uncached: what ``detect_language`` asks of the model."""
+        self.text_decoder.reset()
+        logits = self.text_decoder.logits(tokens.numpy(), audio_features.numpy())
+        self.text_decoder.reset()
+        return torch.from_numpy(logits)
+
+    detect_language = detect_language
+
+    @torch.no_grad()
+    def decode(
+        self, mel: torch.Tensor, options: DecodingOptions = DecodingOptions(), **kwargs: Any
+    ) -> DecodingResult | list[DecodingResult]:
+        """``whisper.decode`` with MAX behind it: same signature, same results type."""
+        single = mel.ndim == 2
+        options = replace(options, **kwargs) if kwargs else options
+        results = MaxDecodingTask(self, options).run(mel.unsqueeze(0) if single else mel)
+        return results[0] if single else results
+
+
+class MaxDecodingTask(DecodingTask):
+    """openai-whisper's ``DecodingTask`` whose inference, encoder and language id are MAX's.
+
+    ``DecodingTask.__init__`` builds a ``PyTorchInference`` from the model's decoder modules; it
+    is built from the reference model (construction only reads module references) and replaced
+    before anything runs, so no PyTorch forward pass ever happens on this path.
+    """
+
+    def __init__(self, model: MaxWhisper, options: DecodingOptions) -> None:
+        super().__init__(model.reference, options)
+        self.model = model
+        self.inference = MaxInference(model.text_decoder)
+        if options.beam_size is not None:
+            self.decoder.inference = self.inference
+
+
+def transcribe(
+    model: whisper.Whisper | MaxWhisper, audio: np.ndarray, language: str | None = "en"
+) -> Transcript:
+    """Greedy (temperature 0) transcription with openai-whisper's windowing for long audio."""
+    options = dict(temperature=0.0, fp16=False, language=language, verbose=None)
+    if isinstance(model, MaxWhisper):
+        with max_log_mel(model.log_mel):
+            result = whisper.transcribe(model, audio, **options)
+    else:
+        result = whisper.transcribe(model, audio, **options)
+    tokens = [t for segment in result["segments"] for t in segment["tokens"]]
+    return Transcript(result["text"], tokens, result["language"], result["segments"])
