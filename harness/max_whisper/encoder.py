@@ -85,7 +85,8 @@ def residual_attention_block(scope: Scope, x: TensorValue, n_head: int) -> Tenso
     """Pre-norm self-attention and MLP, each added to the residual stream."""
     n_state = int(x.shape[-1])
     x = x + self_attention(scope / "attn", layer_norm(scope / "attn_ln", x, n_state), n_head)
-    return x + mlp(scope / "mlp", layer_norm(scope / "mlp_ln", x, n_state), n_state)
+    h = mlp(scope / "mlp", layer_norm(scope / "mlp_ln", x, n_state), n_state)
+    return x + h if scope.variant.mlp_residual else h  # planted fault: the residual forgotten
 
 
 def ln_post(scope: Scope, x: TensorValue) -> TensorValue:

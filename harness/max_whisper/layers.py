@@ -83,9 +83,10 @@ def attention(
     silently drops the mask, which this harness caught as decoder drift (see README).
     """
     scale = scope.variant.attention_scale(int(q.shape[-1]))
+    axis = scope.variant.softmax_axis
     scores = q @ ops.permute(k, [0, 1, 3, 2])
     if mask is None:
-        return ops.softmax(scores * scale) @ v
+        return ops.softmax(scores * scale, axis=axis) @ v
     scores = (scores + mask) * scale
-    weights = ops.exp(scores - ops.max(scores, axis=-1))
-    return (weights / ops.sum(weights, axis=-1)) @ v
+    weights = ops.exp(scores - ops.max(scores, axis=axis))
+    return (weights / ops.sum(weights, axis=axis)) @ v

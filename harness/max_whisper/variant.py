@@ -24,6 +24,8 @@ class Variant:
     causal_mask: bool = True
     cross_kv_from_block: int = 0  # offset: block i reads the cross K/V of block i+offset
     mel_log_clamp: bool = True
+    softmax_axis: int = -1  # -2 normalises each key's column over the queries instead
+    mlp_residual: bool = True  # False: an encoder block returns its MLP's output, no residual
 
     def attention_scale(self, head_dim: int) -> float:
         return 1.0 / math.pow(head_dim, self.attention_scale_power)
