@@ -22,7 +22,7 @@ from harness.errors import HarnessError
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE_MODELS = {"speech": REPO / "fixtures" / "models" / "speech.pt"}
 SYNTHETIC_SEED = 0
-SYNTHETIC_FORMAT = 1  # bump when the synthetic initialisation changes, to regenerate caches
+SYNTHETIC_FORMAT = 2  # bump when the synthetic initialisation changes, to regenerate caches
 
 # openai-whisper's published dims, for building synthetic checkpoints of each size.
 _TEXT_CTX, _AUDIO_CTX = 448, 1500
@@ -134,16 +134,19 @@ def synthetic_checkpoint(name: str, seed: int = SYNTHETIC_SEED) -> Path:
 def synthetic_state_dict(dims: ModelDimensions, seed: int) -> dict[str, torch.Tensor]:
     """Seeded random weights for every tensor of a ``Whisper(dims)``.
 
-    PyTorch's default init covers linears, convs and embeddings, but leaves the decoder's
-    positional embedding uninitialised (``torch.empty``) and every layer norm at weight 1,
-    bias 0; those are drawn here too, so that a swapped or missing norm changes the numbers.
+    PyTorch's default init covers linears and convs, but leaves the decoder's positional
+    embedding uninitialised (``torch.empty``) and every layer norm at weight 1, bias 0; those are
+    drawn here too, so that a swapped or missing norm changes the numbers. The token embedding,
+    N(0, 1) by default, is drawn at std 0.02 (GPT-2's init): it doubles as the output
+    projection, and at N(0, 1) the logits' top two differ by hundreds, a decoder no numeric
+    error could flip; at 0.02 the gaps are a few units, as in trained models.
     """
     torch.manual_seed(seed)
     model = Whisper(dims)
     generator = torch.Generator().manual_seed(seed)
     state = model.state_dict()
     for name, tensor in state.items():
-        if name == "decoder.positional_embedding":
+        if name in ("decoder.positional_embedding", "decoder.token_embedding.weight"):
             tensor.normal_(0.0, 0.02, generator=generator)
         elif "ln" in name.split(".")[-2]:  # attn_ln, mlp_ln, ln_post, ln
             base = 1.0 if name.endswith("weight") else 0.0

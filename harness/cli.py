@@ -1,4 +1,4 @@
-"""Command line: ``report``, and the other subcommands as they land.
+"""Command line: ``report``, ``transcribe``, ``gate``.
 
 User mistakes (bad checkpoint, bad audio, bad arguments) print one ``error:`` line and exit 2;
 anything else is a bug in the harness and keeps its traceback.
@@ -7,13 +7,19 @@ anything else is a bug in the harness and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
-from harness import checkpoints, report
+from harness import checkpoints, gate, report
+from harness.audio import load_audio
 from harness.errors import HarnessError
+from harness.max_whisper.engine import DTYPES, Engine
 from harness.progress import Progress
+from harness.transcribe import MaxWhisper, transcribe
+from harness.transcripts import fixture_clips
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
@@ -33,7 +39,19 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("report", help="compare MAX with PyTorch and write a parity report")
     _model_arguments(run)
     run.add_argument("--out", type=Path, help="report folder (default reports/<model>-<device>-<dtype>)")
+    run.add_argument(
+        "--audio", type=Path, action="append", default=[],
+        help="audio file to transcribe with both backends (repeatable); added to the fixture clips",
+    )
     run.set_defaults(run=_report)
+    run = commands.add_parser("transcribe", help="audio to text through MAX or PyTorch")
+    run.add_argument("audio", type=Path)
+    _model_arguments(run)
+    run.add_argument("--backend", choices=["max", "torch"], default="max")
+    run.add_argument("--language", default=None, help="e.g. en; default: detected by the model")
+    run.add_argument("--json", action="store_true", help="print text, tokens and segments as JSON")
+    run.set_defaults(run=_transcribe)
+    gate.add_parser(commands)
     return parser
 
 
@@ -54,10 +72,28 @@ def _report(args: argparse.Namespace) -> int:
         _banner(f"no pretrained 'tiny' checkpoint is cached: using {spec} (random weights)")
     checkpoint = checkpoints.load(spec)
     out = args.out or REPORTS / f"{_slug(spec)}-{args.device}-{args.dtype}"
-    document = report.build(checkpoint, args.device, args.dtype, progress=progress)
+    audio = fixture_clips() + args.audio
+    document = report.build(checkpoint, args.device, args.dtype, audio, progress=progress)
     report.write(document, out)
     progress.done()
-    print(f"wrote {out / 'report.md'} and {out / 'parity.json'}")
+    verdict = "PASS" if document["verdict"]["pass"] else "FAIL"
+    print(f"{verdict}: wrote {out}/ (report.md, report.html, parity.json, summary.csv, plots)")
+    return 0
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    audio = load_audio(args.audio)
+    checkpoint = checkpoints.load(args.model or report.default_model())
+    if args.backend == "max":
+        engine = Engine(args.device, DTYPES[args.dtype], on_compile=Progress().compiling)
+        model = MaxWhisper(checkpoint, engine)
+    else:
+        model = checkpoint.model
+    result = transcribe(model, audio, language=args.language)
+    if args.json:
+        print(json.dumps(asdict(result), indent=1))
+    else:
+        print(result.text.strip())
     return 0
 
 

@@ -101,3 +101,17 @@ def first_divergent(results: list[StageResult], tolerances: Tolerances) -> str |
         if tolerances.violations(result["isolated"], "isolated"):
             return result["stage"]
     return None
+
+
+def frame_errors(
+    stage: str, candidate: np.ndarray, reference: np.ndarray, speech_fraction: float
+) -> FrameErrors:
+    """Relative error of each frame of batch item 0: shows whether error sits in speech or padding."""
+    difference = np.linalg.norm((candidate[0] - reference[0]).astype(np.float64), axis=-1)
+    scale = np.linalg.norm(reference[0].astype(np.float64), axis=-1)
+    per_frame = np.divide(difference, scale, out=np.zeros_like(difference), where=scale > 0)
+    return FrameErrors(
+        stage=stage,
+        rel_error_per_frame=[float(e) for e in per_frame],
+        speech_frames=int(round(speech_fraction * len(per_frame))),
+    )

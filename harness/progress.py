@@ -29,6 +29,9 @@ class Progress:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def compiling(self, graph: str) -> None:
+        self(f"compiling {graph} (about a minute the first time, cached afterwards)")
+
     def done(self) -> None:
         if self.enabled and self.live:
             self.stream.write("\n")

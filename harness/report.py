@@ -22,11 +22,15 @@ import whisper
 from harness import checkpoints, tolerances, tracer
 from harness.audio import load_audio
 from harness.checkpoints import Checkpoint
-from harness.max_whisper.audio_encoder import MaxAudioEncoder
+from harness.decoder_parity import decoder_parity, teacher_tokens
 from harness.max_whisper.engine import DTYPES, Engine
-from harness.parity import encoder_parity
+from harness.metrics import compare
+from harness.outputs import write_outputs
+from harness.parity import Progress, encoder_parity
 from harness.progress import silent
-from harness.render import markdown
+from harness.transcribe import MaxWhisper
+from harness.transcripts import compare_transcripts, fixture_clips, load_clips, true_text
+from harness.verdict import verdict
 
 SCHEMA = 1
 REPO = Path(__file__).resolve().parent.parent
@@ -37,31 +41,51 @@ def build(
     checkpoint: Checkpoint,
     device: str = "cpu",
     dtype: str = "float32",
-    encoder_audio: Path = DEFAULT_AUDIO,
-    progress=silent,
+    audio: list[Path] | None = None,
+    progress: Progress = silent,
 ) -> dict[str, Any]:
-    """Run every comparison for ``checkpoint`` and return the ``parity.json`` document."""
+    """Run every comparison for ``checkpoint`` and return the ``parity.json`` document.
+
+    The mel, encoder and teacher-forced decoder are compared on the 30 s window of
+    ``DEFAULT_AUDIO``; transcripts on every clip of ``audio`` (default: the fixture clips).
+    """
     limits = tolerances.load(dtype)
-    engine = Engine(device=device, dtype=DTYPES[dtype], on_compile=lambda n: progress(f"compiling {n}"))
-    audio = load_audio(encoder_audio)
-    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio), checkpoint.dims.n_mels)
+    clips = load_clips(audio or fixture_clips())
+    engine = Engine(device, DTYPES[dtype], on_compile=lambda n: progress(f"compiling {n}"))
+    candidate = MaxWhisper(checkpoint, engine)
+    samples = load_audio(DEFAULT_AUDIO)
+    window = whisper.pad_or_trim(samples)
+    mel = whisper.log_mel_spectrogram(window, checkpoint.dims.n_mels).numpy()
     progress("PyTorch reference: tracing the encoder")
-    reference = tracer.trace_encoder(checkpoint.model.encoder, mel.numpy()[None])
-    candidate = MaxAudioEncoder(checkpoint.dims, checkpoint.model.state_dict(), engine)
-    speech = min(1.0, len(audio) / whisper.audio.N_SAMPLES)
-    return {
+    reference = tracer.trace_encoder(checkpoint.model.encoder, mel[None])
+    speech = min(1.0, len(samples) / whisper.audio.N_SAMPLES)
+    document = {
         "schema": SCHEMA,
         "model": model_section(checkpoint),
         "device": device,
         "dtype": dtype,
         "versions": versions(),
-        "encoder": {
-            "audio": encoder_audio.name,
-            **encoder_parity(candidate, reference, limits, speech, progress),
-        },
         "tolerances": limits.limits,
-        "compile_s": engine.compile_seconds,
+        "mel": compare(candidate.log_mel(window).T, mel.T),
+        "encoder": {
+            "audio": DEFAULT_AUDIO.name,
+            **encoder_parity(candidate.audio_encoder, reference, limits, speech, progress),
+        },
+        "decoder": {
+            "teacher_forced": decoder_parity(
+                checkpoint,
+                candidate.text_decoder,
+                reference["ln_post"],
+                teacher_tokens(checkpoint, true_text(DEFAULT_AUDIO) or ""),
+                limits,
+                progress,
+            )
+        },
+        "transcripts": compare_transcripts(checkpoint, candidate, clips, progress),
     }
+    document["compile_s"] = engine.compile_seconds
+    document["verdict"] = verdict(document)
+    return document
 
 
 def model_section(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -91,12 +115,13 @@ def default_model() -> str:
 
 
 def write(report: dict[str, Any], out_dir: Path) -> None:
-    """Write parity.json and report.md into ``out_dir``, replacing it whole or not at all."""
+    """Write parity.json, report.md/.html, plots and summary.csv into ``out_dir``, whole or not
+    at all."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         (staging / "parity.json").write_text(to_json(report))
-        (staging / "report.md").write_text(markdown(report))
+        write_outputs(report, staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
