@@ -1,11 +1,13 @@
 # Thin targets, one command each. `make test` and `make parity-report` install first if needed.
 PYTHON := .venv/bin/python
 MODEL ?=
+AUDIO ?=
 DEVICE ?= cpu
 DTYPE ?= float32
-REPORT_ARGS = $(if $(MODEL),--model $(MODEL)) --device $(DEVICE) --dtype $(DTYPE)
+BASELINE := fixtures/baseline-synthetic-tiny.json
+REPORT_ARGS = $(if $(MODEL),--model $(MODEL)) $(foreach a,$(AUDIO),--audio $(a)) --device $(DEVICE) --dtype $(DTYPE)
 
-.PHONY: install test test-all parity-report lint format fixtures-audio
+.PHONY: install test parity-report gate baseline lint format fixtures-audio fixture-model
 
 install: .venv/installed
 
@@ -21,6 +23,15 @@ test: install
 parity-report: install
 	$(PYTHON) -m harness report $(REPORT_ARGS)
 
+# The CI gate: a fresh synthetic:tiny report, judged alone and against the committed baseline.
+gate: install
+	$(PYTHON) -m harness report --model synthetic:tiny --out reports/gate
+	$(PYTHON) -m harness gate reports/gate/parity.json --baseline $(BASELINE)
+
+baseline: install
+	$(PYTHON) -m harness report --model synthetic:tiny --out reports/baseline
+	cp reports/baseline/parity.json $(BASELINE)
+
 lint: install
 	$(PYTHON) -m ruff check harness parity_tests fixtures conftest.py
 	$(PYTHON) -m ruff format --check harness parity_tests fixtures conftest.py
@@ -28,5 +39,11 @@ lint: install
 format: install
 	$(PYTHON) -m ruff format harness parity_tests fixtures conftest.py
 
+# Need Debian's espeak-ng (apt-get install espeak-ng); the results are committed.
 fixtures-audio: install
 	$(PYTHON) fixtures/make_audio.py
+
+fixture-model: install
+	$(PYTHON) fixtures/train/make_dataset.py
+	$(PYTHON) fixtures/train/train_speech_model.py
+	$(PYTHON) fixtures/train/make_heldout_clips.py

@@ -59,7 +59,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         help="name (tiny … large-v3, turbo, .en), checkpoint path, synthetic:<name> or "
-        "fixture:<name>; default: tiny if cached, else synthetic:tiny",
+        "fixture:<name>; default: tiny if cached, else fixture:speech",
     )
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -68,8 +68,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 def _report(args: argparse.Namespace) -> int:
     progress = Progress()
     spec = args.model or report.default_model()
-    if not args.model and spec.startswith("synthetic:"):
-        _banner(f"no pretrained 'tiny' checkpoint is cached: using {spec} (random weights)")
+    if not args.model and spec != "tiny":
+        _banner(f"no pretrained 'tiny' checkpoint is cached: using {spec} (not pretrained Whisper)")
     checkpoint = checkpoints.load(spec)
     out = args.out or REPORTS / f"{_slug(spec)}-{args.device}-{args.dtype}"
     audio = fixture_clips() + args.audio

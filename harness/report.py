@@ -108,9 +108,12 @@ def versions() -> dict[str, str]:
 
 
 def default_model() -> str:
-    """``tiny`` when its real checkpoint is cached, else the stand-in (said loudly by the caller)."""
+    """``tiny`` when its real checkpoint is cached, else the project's trained fixture model,
+    else random weights (the caller says loudly which stand-in it used)."""
     if checkpoints.pretrained_available("tiny"):
         return "tiny"
+    if checkpoints.FIXTURE_MODELS["speech"].is_file():
+        return "fixture:speech"
     return "synthetic:tiny"
 
 
