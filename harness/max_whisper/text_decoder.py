@@ -123,13 +123,10 @@ class MaxTextDecoder:
             raise ValueError(f"{len(source_indices)} source indices for a batch of {batch}")
         if list(source_indices) == list(range(batch)):
             return
-        rearranged = []
-        for old in self._cache:
-            new = Buffer(old.dtype, old.shape, old.device)
-            for row, source in enumerate(source_indices):
-                new[row].inplace_copy_from(old[int(source)])
-            rearranged.append(new)
-        self._cache = rearranged
+        rows = torch.tensor([int(i) for i in source_indices])
+        self._cache = [  # gathered through a DLPack view, on the cache's own device
+            Buffer.from_dlpack(torch.from_dlpack(old)[rows].contiguous()) for old in self._cache
+        ]
 
     def _cross_kv(self, audio_features: np.ndarray, batch: int) -> list[Buffer]:
         rows = audio_features.shape[0]
