@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from max.dtype import DType
-from max.graph import DeviceRef, TensorValue, Weight, ops
+from max.graph import DeviceRef, Graph, TensorValue, Weight, ops
 
 from harness.max_whisper.variant import Variant
 
@@ -32,7 +32,11 @@ class Scope:
         return replace(self, prefix=f"{self.prefix}.{name}" if self.prefix else str(name))
 
     def weight(self, name: str, shape: list[int]) -> Weight:
+        """The weight ``name`` of this scope, declared once per graph however often it is read
+        (the ``key_bias`` fault reads the value's bias twice; MAX rejects a second declaration)."""
         full = f"{self.prefix}.{name}" if self.prefix else name
+        if declared := Graph.current._weights.get(full):
+            return declared.weight
         return Weight(full, self.dtype, shape, self.device, _placeholder=self.placeholder)
 
 
@@ -83,10 +87,14 @@ def attention(
     silently drops the mask, which this harness caught as decoder drift (see README).
     """
     scale = scope.variant.attention_scale(int(q.shape[-1]))
-    axis = scope.variant.softmax_axis
+    axis = -2 if scope.variant.softmax_over_queries else -1
     scores = q @ ops.permute(k, [0, 1, 3, 2])
+    if mask is None and scope.variant.softmax_over_queries:
+        # planted fault, spelled with transposes: MAX 26.7 fails to compile softmax(axis=-2)
+        transposed = ops.softmax(ops.permute(scores * scale, [0, 1, 3, 2]))
+        return ops.permute(transposed, [0, 1, 3, 2]) @ v
     if mask is None:
-        return ops.softmax(scores * scale, axis=axis) @ v
+        return ops.softmax(scores * scale) @ v
     scores = (scores + mask) * scale
     weights = ops.exp(scores - ops.max(scores, axis=axis))
     return (weights / ops.sum(weights, axis=axis)) @ v

@@ -24,7 +24,7 @@ class Variant:
     causal_mask: bool = True
     cross_kv_from_block: int = 0  # offset: block i reads the cross K/V of block i+offset
     mel_log_clamp: bool = True
-    softmax_axis: int = -1  # -2 normalises each key's column over the queries instead
+    softmax_over_queries: bool = False  # normalise each key's column, not each query's row
     mlp_residual: bool = True  # False: an encoder block returns its MLP's output, no residual
 
     def attention_scale(self, head_dim: int) -> float:
