@@ -84,7 +84,8 @@ def incremental_logits(
     """MAX's logits as decoding computes them: the prompt at once, then one token per step."""
     candidate.reset()
     logits = [candidate.logits(tokens[:, :prompt], audio_features)]
-    logits += [candidate.logits(tokens[:, i : i + 1], audio_features) for i in range(prompt, tokens.shape[1])]
+    for i in range(prompt, tokens.shape[1]):
+        logits.append(candidate.logits(tokens[:, i : i + 1], audio_features))
     candidate.reset()
     return np.concatenate(logits, axis=1)
 

@@ -49,7 +49,6 @@ class MaxTextDecoder:
         self.dims, self.engine, self.variant = dims, engine, variant
         self.state_dict = state_dict
         self._models: dict[str, Model] = {}
-        self._token_embedding_t: torch.Tensor | None = None
         self._cache: list[Buffer] = []
         self.reset()
 
@@ -116,17 +115,17 @@ class MaxTextDecoder:
         """Row ``b`` of the self-attention cache becomes old row ``source_indices[b]``.
 
         As openai-whisper's ``PyTorchInference``: the cross K/V are left alone, since beam search
-        only reorders beams of the same audio, whose cross K/V rows are equal.
+        only reorders beams of the same audio, whose cross K/V rows are equal. The rows are
+        gathered in place by a graph, in order with the steps: ``Buffer.inplace_copy_from`` row
+        copies were measured to land after the next step had read the cache.
         """
         batch = self._cache[0].shape[0] if self._cache else 0
         if len(source_indices) != batch:
             raise ValueError(f"{len(source_indices)} source indices for a batch of {batch}")
         if list(source_indices) == list(range(batch)):
             return
-        rows = torch.tensor([int(i) for i in source_indices])
-        self._cache = [  # gathered through a DLPack view, on the cache's own device
-            Buffer.from_dlpack(torch.from_dlpack(old)[rows].contiguous()) for old in self._cache
-        ]
+        rows = self.engine.to_device(np.asarray(source_indices, dtype=np.int64))
+        self._model("reorder", "decoder.").execute(rows, *self._cache)
 
     def _cross_kv(self, audio_features: np.ndarray, batch: int) -> list[Buffer]:
         rows = audio_features.shape[0]
@@ -157,15 +156,11 @@ class MaxTextDecoder:
     def _weights(self, names: Sequence[str], prefix: str) -> dict[str, torch.Tensor]:
         """The registry for a graph declaring ``names`` relative to ``prefix``.
 
-        ``TOKEN_EMBEDDING_T`` is the transposed token embedding, made once and shared. A block's
-        cross K/V weights come from block ``i + cross_kv_from_block`` (the planted fault; 0 in the
-        faithful model), as the step graph reads that block's cross K/V.
+        A block's cross K/V weights come from block ``i + cross_kv_from_block`` (the planted
+        fault; 0 in the faithful model), as the step graph reads that block's cross K/V.
         """
         names = set(names)
         weights = {}
-        if decoder.TOKEN_EMBEDDING_T in names:
-            names.remove(decoder.TOKEN_EMBEDDING_T)
-            weights[decoder.TOKEN_EMBEDDING_T] = self._transposed_token_embedding()
         cross = {name for name in names if name.startswith(CROSS_KV_NAMES)}
         if cross and self.variant.cross_kv_from_block:
             i = int(prefix.split(".")[-2])
@@ -177,12 +172,6 @@ class MaxTextDecoder:
     @property
     def dtype(self) -> torch.dtype:
         return self.engine.torch_dtype
-
-    def _transposed_token_embedding(self) -> torch.Tensor:
-        if self._token_embedding_t is None:
-            weight = self.state_dict["decoder.token_embedding.weight"]
-            self._token_embedding_t = weight.t().to(self.dtype).contiguous()  # (state, vocab)
-        return self._token_embedding_t
 
     def _graph_name(self, kind: str) -> str:
         d = self.dims
@@ -218,6 +207,7 @@ class MaxTextDecoder:
         offset = TensorType(DType.int64, [], DeviceRef.CPU())
         cross = TensorType(dtype, ["batch", d.n_text_head, d.n_audio_ctx, head_dim], device)
         cache = BufferType(dtype, ["batch", d.n_text_head, d.n_text_ctx, head_dim], device)
+        rows = TensorType(DType.int64, ["batch"], device)
         n_kv = 2 * d.n_text_layer
 
         def f32(x):
@@ -226,10 +216,16 @@ class MaxTextDecoder:
         def cast(x):
             return ops.cast(x.tensor, dtype)
 
-        zero = ops.constant  # the stage graphs decode from position 0
-
         def embed(s, i):
-            return [f32(decoder.embed(s, i[0].tensor, zero(0, DType.int64, DeviceRef.CPU()), d))]
+            start = ops.constant(0, DType.int64, DeviceRef.CPU())  # a stage starts at position 0
+            return [f32(decoder.embed(s, i[0].tensor, start, decoder.token_embedding(s, d), d))]
+
+        def reorder(source_rows, buffers):
+            for buffer in buffers:
+                ops.buffer_store(
+                    buffer.buffer, ops.gather(ops.buffer_load(buffer.buffer), source_rows, 0)
+                )
+            return []
 
         def step(s, i):
             kv = [x.tensor for x in i[2 : 2 + n_kv]]
@@ -243,7 +239,11 @@ class MaxTextDecoder:
                 lambda s, i: [f32(decoder.block_stage(s, cast(i[0]), cast(i[1]), d.n_text_head))],
             ),
             "ln": ([state], lambda s, i: [f32(decoder.ln(s, cast(i[0])))]),
-            "logits": ([state], lambda s, i: [f32(decoder.logits(s, cast(i[0]), d.n_vocab))]),
+            "logits": (
+                [state],
+                lambda s, i: [f32(decoder.logits(cast(i[0]), decoder.token_embedding(s, d)))],
+            ),
             "cross_kv": ([audio], lambda s, i: decoder.all_cross_kv(s, cast(i[0]), d)),
+            "reorder": ([rows] + [cache] * n_kv, lambda s, i: reorder(i[0].tensor, i[1:])),
             "step": ([tokens, offset] + [cross] * n_kv + [cache] * n_kv, step),
         }
