@@ -60,3 +60,13 @@ def test_bad_model_is_one_line_and_writes_nothing(tmp_path, model, message):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_report_transcripts_are_token_identical_and_the_verdict_passes(report_dir):
+    document = json.loads((report_dir / "parity.json").read_text())
+    clips = {t["audio"]: t["tokens_equal"] for t in document["transcripts"]}
+    assert clips == {"short.wav": True, "sentences.wav": True, "long.wav": True, "silence.wav": True}
+    assert document["decoder"]["teacher_forced"]["top1_agreement"] == 1.0
+    assert document["verdict"] == {"pass": True, "failures": []}
+    for name in ("report.md", "report.html", "summary.csv", "encoder_stages.png"):
+        assert (report_dir / name).stat().st_size > 0
