@@ -13,6 +13,9 @@ from harness.max_whisper.text_decoder import MaxTextDecoder
 
 
 class MaxInference(Inference):
+    """Drop-in for ``PyTorchInference``: ``DecodingTask`` builds that one itself, so set
+    ``task.inference`` (and, for beam search, ``task.decoder.inference``) to this after."""
+
     def __init__(self, decoder: MaxTextDecoder) -> None:
         self.decoder = decoder
         self.decoder.reset()
