@@ -17,6 +17,7 @@ import torch
 import whisper
 from whisper.audio import N_SAMPLES
 
+from harness import tolerances
 from harness.audio import load_audio
 from harness.errors import HarnessError
 from harness.max_whisper.engine import Engine
@@ -34,10 +35,9 @@ CLIPS = ["short.wav", "sentences.wav", "long.wav", "silence.wav"]
 # the quietest bins, which the log then amplifies: rounding whisper's Hann window differently
 # (1 ulp) alone moves torch's own output by up to 4.7e-5. "Slip" below is the subtlest real
 # porting bug measured on these clips: a symmetric instead of periodic Hann window.
-@pytest.fixture(scope="module")
-def violations(float32_tolerances):
+def violations(metrics: Metrics) -> list[str]:
     """The metrics outside the ``mel`` tolerances of fixtures/tolerances.json."""
-    return lambda metrics: float32_tolerances.violations(metrics, "mel")
+    return tolerances.load("float32").violations(metrics, "mel")
 
 
 def mel_metrics(mel: MaxLogMel, audio: np.ndarray, padding: int = 0) -> Metrics:
