@@ -1,0 +1,129 @@
+"""Planted faults on synthetic:tiny: each is found at its stage and sub-stage, the faithful port
+nowhere; the float64 arbiter blames the right side; the noise floor sits under the tolerances.
+
+One ``run_faults`` over the whole catalogue serves every test. It compiles only the graphs a
+fault changes up to the stage where it shows, plus its sub-stage graphs (about 20 cold compiles
+on synthetic:tiny; the faithful ones are shared with the other test modules by name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import whisper
+
+from harness import faults
+from harness.arbiter import arbitrate
+from harness.audio import load_audio
+from harness.faults import CATALOGUE, CONTROL, Fault, reference, run_faults
+from harness.max_whisper.audio_encoder import MaxAudioEncoder
+from harness.max_whisper.variant import FAITHFUL
+from harness.noise_floor import noise_floor
+from harness.substages import RESIDUAL
+
+MODEL = "synthetic:tiny"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def checkpoint(load_checkpoint):
+    return load_checkpoint(MODEL)
+
+
+@pytest.fixture(scope="module")
+def results(checkpoint, engine) -> dict[str, dict]:
+    return {r["name"]: r for r in run_faults(checkpoint, engine, (CONTROL, *CATALOGUE))}
+
+
+def test_the_faithful_port_diverges_nowhere(results, float32_tolerances):
+    control = results[CONTROL.name]
+    assert not control["detected"], control["reason"]
+    assert control["localized_stage"] is None and control["sub_stage"] is None
+    assert not float32_tolerances.violations(control["metrics"], "isolated")
+
+
+@pytest.mark.parametrize("fault", [f for f in CATALOGUE if f.expected_stage], ids=lambda f: f.name)
+def test_fault_is_detected_at_its_stage_and_sub_stage(results, fault: Fault):
+    result = results[fault.name]
+    assert result["detected"], result["reason"]
+    found = (result["localized_stage"], result["sub_stage"])
+    assert found == (fault.expected_stage, fault.expected_sub_stage), result["reason"]
+    assert result["localized_correctly"]
+
+
+@pytest.mark.parametrize(
+    "fault", [f for f in CATALOGUE if not f.expected_stage], ids=lambda f: f.name
+)
+def test_a_benign_fault_raises_no_alarm(results, fault: Fault, float32_tolerances):
+    """A change the maths cancels (key bias under softmax) must pass, not be flagged."""
+    result = results[fault.name]
+    assert not result["detected"], result["reason"]
+    assert not float32_tolerances.violations(result["metrics"], "isolated")
+
+
+def test_a_stage_that_cannot_be_built_is_where_the_fault_is(results):
+    result = results["conv2_padding_0"]
+    assert result["metrics"] is None and "1499" in result["reason"]
+
+
+def test_a_block_whose_sub_modules_all_agree_blames_the_residual(results, float32_tolerances):
+    result = results["mlp_no_residual"]
+    assert result["sub_stage"] == RESIDUAL
+    assert list(result["sub_stage_metrics"]) == ["attn_ln", "attn", "mlp_ln", "mlp"]
+    for metrics in result["sub_stage_metrics"].values():
+        assert not float32_tolerances.violations(metrics, "isolated")
+
+
+def test_arbiter_says_torch_is_closer_for_every_numeric_fault(results):
+    verdicts = [r["arbiter"] for r in results.values() if r["detected"] and r["metrics"]]
+    assert len(verdicts) >= 10
+    for verdict in verdicts:
+        assert verdict["closer"] == "torch", verdict
+        assert verdict["torch_vs_f64_rel_l2"] < 1e-6 < verdict["max_vs_f64_rel_l2"], verdict
+
+
+def test_arbiter_on_a_faithful_stage_finds_both_sides_at_round_off(
+    checkpoint, engine, float32_tolerances
+):
+    ref = reference(checkpoint)
+    candidate = MaxAudioEncoder(checkpoint.dims, checkpoint.model.state_dict(), engine, FAITHFUL)
+    block = candidate.stages()[2]
+    output = candidate.run_stage(block, ref.encoder["conv2"])
+    verdict = arbitrate(
+        checkpoint.model, block.name, [ref.encoder["conv2"]], output, ref.encoder[block.name]
+    )
+    limit = float32_tolerances.limit("isolated", "rel_l2")
+    assert verdict["stage"] == "blocks.0" and verdict["closer"] in ("max", "torch")
+    for side in ("max_vs_f64_rel_l2", "torch_vs_f64_rel_l2"):
+        assert math.isfinite(verdict[side]) and 0 < verdict[side] < limit, verdict
+
+
+def test_noise_floor_is_measurable_and_under_every_tolerance(checkpoint, float32_tolerances):
+    audio = whisper.pad_or_trim(load_audio(faults.CLIP))
+    mel = whisper.log_mel_spectrogram(audio, checkpoint.dims.n_mels).numpy()[None]
+    floors = noise_floor(checkpoint, mel)
+    n_layer = checkpoint.dims.n_audio_layer
+    assert list(floors) == ["conv1", "conv2", *[f"blocks.{i}" for i in range(n_layer)], "ln_post"]
+    limit = float32_tolerances.limit("isolated", "rel_l2")
+    for stage, metrics in floors.items():
+        assert 0 < metrics["rel_l2"] < limit / 5, (stage, metrics)
+        assert not float32_tolerances.violations(metrics, "isolated"), (stage, metrics)
+
+
+def test_command_line_writes_the_results_and_a_table(tmp_path, capsys, results):
+    parser = argparse.ArgumentParser()
+    faults.add_parser(parser.add_subparsers())
+    out = tmp_path / "faults.json"
+    args = parser.parse_args(
+        ["faults", "--model", MODEL, "--only", CONTROL.name, "--json", str(out)]
+    )
+    assert args.run(args) == 0
+    document = json.loads(out.read_text())
+    assert [r["name"] for r in document["faults"]] == [CONTROL.name]
+    assert document["faults"][0]["transcript_changed"] is None
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:4] == ["fault", "expected", "localized", "sub_stage"]
+    assert faults.table(list(results.values())).count("\n") == len(results)
