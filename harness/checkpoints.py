@@ -59,7 +59,8 @@ def official_dims(name: str) -> ModelDimensions:
     """The dims of openai-whisper's checkpoint ``name`` (``.en`` models have one token fewer)."""
     size = name.removesuffix(".en")
     if size not in _SIZES or name not in whisper.available_models():
-        raise HarnessError(f"unknown model {name!r}; known: {', '.join(whisper.available_models())}")
+        known = ", ".join(whisper.available_models())
+        raise HarnessError(f"unknown model {name!r}; known: {known}")
     n_mels, n_vocab, state, heads, audio_layers, text_layers = _SIZES[size]
     return ModelDimensions(
         n_mels=n_mels,
@@ -82,7 +83,8 @@ def load(spec: str) -> Checkpoint:
         return _load_file(synthetic_checkpoint(name), spec, "synthetic")
     if kind == "fixture" and name:
         if name not in FIXTURE_MODELS:
-            raise HarnessError(f"unknown fixture model {name!r}; known: {', '.join(FIXTURE_MODELS)}")
+            known = ", ".join(FIXTURE_MODELS)
+            raise HarnessError(f"unknown fixture model {name!r}; known: {known}")
         return _load_file(FIXTURE_MODELS[name], spec, "fixture")
     if spec in whisper.available_models():
         return _load_file(_download(spec), spec, "pretrained")
@@ -173,7 +175,9 @@ def _validate(path: Path) -> None:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise HarnessError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= checkpoint.keys():
-        raise HarnessError(f"{path}: not an openai-whisper checkpoint (needs dims, model_state_dict)")
+        raise HarnessError(
+            f"{path}: not an openai-whisper checkpoint (needs dims, model_state_dict)"
+        )
     try:
         dims = ModelDimensions(**checkpoint["dims"])
     except TypeError as error:
@@ -201,11 +205,17 @@ def _expected_shapes(dims: ModelDimensions) -> dict[str, torch.Size]:
     with torch.device("meta"):
         halves = {
             "encoder": AudioEncoder(
-                dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head,
+                dims.n_mels,
+                dims.n_audio_ctx,
+                dims.n_audio_state,
+                dims.n_audio_head,
                 dims.n_audio_layer,
             ),
             "decoder": TextDecoder(
-                dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head,
+                dims.n_vocab,
+                dims.n_text_ctx,
+                dims.n_text_state,
+                dims.n_text_head,
                 dims.n_text_layer,
             ),
         }

@@ -23,7 +23,8 @@ def compare(candidate: np.ndarray, reference: np.ndarray) -> Metrics:
     of 0.9999 can hide a few broken frames. Computed in float64 so the metric adds no error.
     """
     if candidate.shape != reference.shape:
-        raise ValueError(f"shape mismatch: candidate {candidate.shape}, reference {reference.shape}")
+        shapes = f"candidate {candidate.shape}, reference {reference.shape}"
+        raise ValueError(f"shape mismatch: {shapes}")
     a = candidate.astype(np.float64)
     b = reference.astype(np.float64)
     error = np.linalg.norm(a - b)

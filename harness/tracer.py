@@ -49,9 +49,9 @@ def _record_input(trace: Trace, name: str, transpose: bool = False):
 def trace_encoder(encoder: AudioEncoder, mel: np.ndarray) -> Trace:
     """Run ``encoder`` on mel (batch, n_mels, frames) and return ``{"mel", stage: activation}``.
 
-    ``conv1`` is GELU(conv1(mel)), read as conv2's input and transposed to (batch, frames, state); ``conv2`` is the input
-    of block 0 (GELU(conv2), transposed, plus the positional embedding); then each block's
-    output and ``ln_post``'s.
+    ``conv1`` is GELU(conv1(mel)), read as conv2's input and transposed to (batch, frames,
+    state); ``conv2`` is the input of block 0 (GELU(conv2), transposed, plus the positional
+    embedding); then each block's output and ``ln_post``'s.
     """
     trace: Trace = {"mel": np.ascontiguousarray(mel, dtype=np.float32)}
     handles = [

@@ -42,6 +42,7 @@ class MaxWhisper:
 
     def __init__(self, checkpoint: Checkpoint, engine: Engine, variant: Variant = FAITHFUL) -> None:
         self.reference = checkpoint.model  # for DecodingTask's set-up only; never run
+        self.engine = engine
         self.dims = checkpoint.dims
         self.device = torch.device("cpu")  # where decoding keeps its token tensors
         self.is_multilingual = checkpoint.model.is_multilingual
@@ -50,6 +51,11 @@ class MaxWhisper:
         self.log_mel = MaxLogMel(self.dims.n_mels, engine, variant)
         self.audio_encoder = MaxAudioEncoder(self.dims, state, engine, variant)
         self.text_decoder = MaxTextDecoder(self.dims, state, engine, variant)
+
+    def load(self) -> None:
+        """Compile what is not compiled yet and bind the weights of every graph decoding runs."""
+        self.audio_encoder.load()
+        self.text_decoder.load()
 
     def encoder(self, mel: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.audio_encoder(mel.float().numpy()))
@@ -65,11 +71,11 @@ class MaxWhisper:
 
     @torch.no_grad()
     def decode(
-        self, mel: torch.Tensor, options: DecodingOptions = DecodingOptions(), **kwargs: Any
+        self, mel: torch.Tensor, options: DecodingOptions | None = None, **kwargs: Any
     ) -> DecodingResult | list[DecodingResult]:
         """``whisper.decode`` with MAX behind it: same signature, same results type."""
         single = mel.ndim == 2
-        options = replace(options, **kwargs) if kwargs else options
+        options = replace(options or DecodingOptions(), **kwargs)
         results = MaxDecodingTask(self, options).run(mel.unsqueeze(0) if single else mel)
         return results[0] if single else results
 

@@ -47,7 +47,8 @@ def compare_transcripts(
         progress(f"transcribing {path.name} with PyTorch")
         reference = transcribe(checkpoint.model, audio)
         progress(f"transcribing {path.name} with MAX")
-        entries.append(entry(path, audio_duration_s(audio), reference, transcribe(candidate, audio)))
+        result = transcribe(candidate, audio)
+        entries.append(entry(path, audio_duration_s(audio), reference, result))
     return entries
 
 
@@ -71,7 +72,7 @@ def entry(path: Path, duration: float, torch: Transcript, max_: Transcript) -> d
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
     """Index of the first token where the sequences differ (or where one ends), else None."""
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return None if len(a) == len(b) else min(len(a), len(b))

@@ -29,7 +29,11 @@ def test_synthetic_sets_every_tensor_deterministically():
 
 @pytest.mark.parametrize(
     ("name", "n_mels", "n_vocab", "state", "layers"),
-    [("tiny", 80, 51865, 384, 4), ("base.en", 80, 51864, 512, 6), ("large-v3", 128, 51866, 1280, 32)],
+    [
+        ("tiny", 80, 51865, 384, 4),
+        ("base.en", 80, 51864, 512, 6),
+        ("large-v3", 128, 51866, 1280, 32),
+    ],
 )
 def test_official_dims(name, n_mels, n_vocab, state, layers):
     dims = checkpoints.official_dims(name)
@@ -74,13 +78,26 @@ def test_a_real_format_file_loads_by_path(tmp_path, tiny_payload):
     ("make_bad", "message"),
     [
         (lambda p, payload: str(p / "absent.pt"), "checkpoint file not found"),
-        (lambda p, payload: (p / "text.pt").write_text("hello") and str(p / "text.pt"), "not a readable"),
+        (
+            lambda p, payload: (p / "text.pt").write_text("hello") and str(p / "text.pt"),
+            "not a readable",
+        ),
         (lambda p, payload: _truncated(p, payload), "not a readable"),
         (lambda p, payload: _write(p / "list.pt", [1, 2]), "not an openai-whisper checkpoint"),
-        (lambda p, payload: _without(p, payload, "encoder.conv1.bias"), "missing encoder.conv1.bias"),
+        (
+            lambda p, payload: _without(p, payload, "encoder.conv1.bias"),
+            "missing encoder.conv1.bias",
+        ),
         (lambda p, payload: _misshapen(p, payload), "encoder.ln_post.weight has shape (10,)"),
     ],
-    ids=["missing", "not-a-checkpoint", "truncated", "wrong-structure", "missing-tensor", "misshapen"],
+    ids=[
+        "missing",
+        "not-a-checkpoint",
+        "truncated",
+        "wrong-structure",
+        "missing-tensor",
+        "misshapen",
+    ],
 )
 def test_bad_checkpoints_fail_in_one_line(tmp_path, tiny_payload, make_bad, message):
     path = make_bad(tmp_path, tiny_payload)

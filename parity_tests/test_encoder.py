@@ -34,7 +34,8 @@ def test_stage_names_follow_the_module_tree(parity, load_checkpoint):
 
 def test_every_stage_isolated_within_float32_tolerance(parity, float32_tolerances):
     failures = {
-        s["stage"]: float32_tolerances.violations(s["isolated"], "isolated") for s in parity["stages"]
+        s["stage"]: float32_tolerances.violations(s["isolated"], "isolated")
+        for s in parity["stages"]
     }
     assert not any(failures.values()), failures
     assert parity["first_divergent_stage"] is None

@@ -11,7 +11,13 @@ from harness.metrics import compare, frame_cosines
 def test_identical_tensors_are_perfect():
     x = np.arange(12, dtype=np.float32).reshape(1, 3, 4) + 1
     m = compare(x, x)
-    assert m == {"cosine": 1.0, "min_frame_cosine": 1.0, "rel_l2": 0.0, "max_abs": 0.0, "snr_db": math.inf}
+    assert m == {
+        "cosine": 1.0,
+        "min_frame_cosine": 1.0,
+        "rel_l2": 0.0,
+        "max_abs": 0.0,
+        "snr_db": math.inf,
+    }
 
 
 def test_uniform_relative_error():

@@ -71,6 +71,10 @@ class MaxAudioEncoder:
         self.check_mel(mel)
         return self._run("encoder", "encoder.", mel)
 
+    def load(self) -> None:
+        """Compile (unless already compiled) and bind the weights of the fused encoder."""
+        self._model("encoder", "encoder.")
+
     def check_mel(self, mel: np.ndarray) -> None:
         """A wrong mel is a user error, said in one line, not a MAX shape failure."""
         n_mels, frames = self.dims.n_mels, 2 * self.dims.n_audio_ctx
@@ -87,7 +91,7 @@ class MaxAudioEncoder:
     def _model(self, kind: str, prefix: str) -> Model:
         key = kind + ":" + prefix
         if key not in self._models:
-            graph = self._graph(kind)
+            graph = self.graph(kind)
             compiled = self.engine.compile(lambda: graph, self._graph_name(kind))
             names = self._module_names(prefix) if kind == "encoder" else graph._weights
             weights = registry(self.state_dict, prefix, names, self.engine.torch_dtype)
@@ -110,7 +114,8 @@ class MaxAudioEncoder:
     def variant_tag(self) -> str:
         return "faithful" if self.variant == FAITHFUL else f"v{abs(hash(self.variant)):x}"
 
-    def _graph(self, kind: str) -> Graph:
+    def graph(self, kind: str) -> Graph:
+        """The uncompiled graph of one kind of stage (``conv1`` ... ``ln_post``) or ``encoder``."""
         d, dtype = self.dims, self.engine.dtype
         frames = 2 * d.n_audio_ctx
         input_shape = {

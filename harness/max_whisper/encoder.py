@@ -52,9 +52,8 @@ def conv2(scope: Scope, x: TensorValue, n_ctx: int) -> TensorValue:
     x = gelu(scope, x)
     positions = scope.weight("positional_embedding", [n_ctx, n_state])
     if scope.variant.positional_shift:  # planted fault: embedding off by some frames
-        positions = ops.concat(
-            [positions[scope.variant.positional_shift :], positions[: scope.variant.positional_shift]]
-        )
+        shift = scope.variant.positional_shift
+        positions = ops.concat([positions[shift:], positions[:shift]])
     return x + positions
 
 
@@ -64,7 +63,8 @@ def self_attention(scope: Scope, x: TensorValue, n_head: int) -> TensorValue:
     q = split_heads(scope, linear(scope / "query", x, n_state, n_state), n_head)
     k = split_heads(scope, key_projection(scope, x, n_state), n_head)
     v = split_heads(scope, linear(scope / "value", x, n_state, n_state), n_head)
-    return linear(scope / "out", merge_heads(attention(scope, q, k, v, mask=None)), n_state, n_state)
+    heads = attention(scope, q, k, v, mask=None)
+    return linear(scope / "out", merge_heads(heads), n_state, n_state)
 
 
 def key_projection(scope: Scope, x: TensorValue, n_state: int) -> TensorValue:

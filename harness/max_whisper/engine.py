@@ -53,7 +53,7 @@ class Engine:
         return TORCH_DTYPES[self.dtype]
 
     def compile(self, build: Callable[[], Graph], name: str) -> CompiledModel:
-        """Compile the graph ``build()`` returns, once per ``name`` (which must encode its shape)."""
+        """Compile the graph ``build()`` returns, once per ``name`` (which encodes its shape)."""
         if name not in self.compiled:
             if self.on_compile:
                 self.on_compile(name)

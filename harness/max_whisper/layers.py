@@ -19,7 +19,8 @@ from harness.max_whisper.variant import Variant
 class Scope:
     """Where a layer's weights live: a state-dict prefix, their dtype and device.
 
-    ``variant`` carries build-time switches (the fault catalogue); the default is the faithful model.
+    ``variant`` carries build-time switches (the fault catalogue); the default is the faithful
+    model.
     """
 
     prefix: str
@@ -27,6 +28,7 @@ class Scope:
     device: DeviceRef
     variant: Variant = Variant()
     placeholder: bool = False  # inside a subgraph: names get the caller's prefix (ops.call)
+    few_rows: bool = False  # decoding: linear weights as stored, (out, in), see ``linear``
 
     def __truediv__(self, name: str | int) -> Scope:
         return replace(self, prefix=f"{self.prefix}.{name}" if self.prefix else str(name))
@@ -41,8 +43,19 @@ class Scope:
 
 
 def linear(scope: Scope, x: TensorValue, n_in: int, n_out: int, bias: bool = True) -> TensorValue:
-    """``nn.Linear``; the weight is stored pre-transposed as (n_in, n_out), see ``weights.py``."""
-    y = x @ scope.weight("weight", [n_in, n_out])
+    """``nn.Linear``: ``x @ weight`` on the weight stored pre-transposed as (n_in, n_out).
+
+    In a ``few_rows`` scope (a decoding step: one row per beam) it is ``(weight @ xᵀ)ᵀ`` on the
+    weight as PyTorch stores it, (n_out, n_in): MAX runs that matrix-vector product about 2.5x
+    faster on this CPU, and at one row the transposes cost nothing. ``weights.py`` lays the
+    weights out accordingly.
+    """
+    if scope.few_rows:
+        rows = ops.reshape(x, [-1, n_in])
+        y = ops.permute(scope.weight("weight", [n_out, n_in]) @ ops.permute(rows, [1, 0]), [1, 0])
+        y = ops.reshape(y, [*x.shape[:-1], n_out])
+    else:
+        y = x @ scope.weight("weight", [n_in, n_out])
     return y + scope.weight("bias", [n_out]) if bias else y
 
 

@@ -12,6 +12,7 @@ place). Both caches stay on the device between steps, as MAX buffers; one step i
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from harness.max_whisper.weights import registry
 
 Build = Callable[[Scope, Sequence[Value]], list]
 CROSS_KV_NAMES = ("cross_attn.key.", "cross_attn.value.")
+FEW_ROWS = {"step"}  # graph kinds run on a token or a few at a time (see layers.linear)
 
 
 class MaxTextDecoder:
@@ -80,6 +82,11 @@ class MaxTextDecoder:
         return to_numpy(outputs[0])
 
     # -- cached decoding ------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Compile (unless already compiled) and bind the weights of the decoding graphs."""
+        self._model("cross_kv", "decoder.")
+        self._model("step", "decoder.")
 
     def reset(self) -> None:
         """Forget the audio and the cached tokens (the cache buffers are kept for reuse)."""
@@ -150,10 +157,13 @@ class MaxTextDecoder:
         if key not in self._models:
             graph = self._graph(kind)
             compiled = self.engine.compile(lambda: graph, self._graph_name(kind))
-            self._models[key] = self.engine.init(compiled, self._weights(graph._weights, prefix))
+            weights = self._weights(graph._weights, prefix, few_rows=kind in FEW_ROWS)
+            self._models[key] = self.engine.init(compiled, weights)
         return self._models[key]
 
-    def _weights(self, names: Sequence[str], prefix: str) -> dict[str, torch.Tensor]:
+    def _weights(
+        self, names: Sequence[str], prefix: str, few_rows: bool = False
+    ) -> dict[str, torch.Tensor]:
         """The registry for a graph declaring ``names`` relative to ``prefix``.
 
         A block's cross K/V weights come from block ``i + cross_kv_from_block`` (the planted
@@ -167,7 +177,7 @@ class MaxTextDecoder:
             j = (i + self.variant.cross_kv_from_block) % self.dims.n_text_layer
             weights |= registry(self.state_dict, f"decoder.blocks.{j}.", cross, self.dtype)
             names -= cross
-        return weights | registry(self.state_dict, prefix, names, self.dtype)
+        return weights | registry(self.state_dict, prefix, names, self.dtype, few_rows)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -188,6 +198,7 @@ class MaxTextDecoder:
 
     def _graph(self, kind: str) -> Graph:
         scope = Scope("", self.engine.dtype, self.engine.device_ref, self.variant)
+        scope = replace(scope, few_rows=kind in FEW_ROWS)
         input_types, build = self._builders(scope)[kind]
         with Graph(self._graph_name(kind), input_types=input_types) as graph:
             graph.output(*build(scope, graph.inputs))

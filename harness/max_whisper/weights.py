@@ -17,10 +17,11 @@ LINEAR_WEIGHT = re.compile(r"\.(query|key|value|out|mlp\.0|mlp\.2)\.weight$")
 CONV_WEIGHT = re.compile(r"(^|\.)conv[12]\.weight$")
 
 
-def to_max_layout(name: str, tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor a MAX graph expects for state-dict entry ``name``."""
+def to_max_layout(name: str, tensor: torch.Tensor, few_rows: bool = False) -> torch.Tensor:
+    """The tensor a MAX graph expects for state-dict entry ``name`` (``few_rows``: a graph whose
+    linear layers keep PyTorch's (out, in) layout, see ``layers.linear``)."""
     if LINEAR_WEIGHT.search(name):
-        return tensor.t()
+        return tensor if few_rows else tensor.t()
     if CONV_WEIGHT.search(name):
         return tensor.permute(2, 1, 0).unsqueeze(0)  # (out, in, k) -> (1, k, in, out)
     return tensor
@@ -31,6 +32,7 @@ def registry(
     prefix: str,
     names: Iterable[str],
     dtype: torch.dtype,
+    few_rows: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Weights for a graph that declared ``names`` relative to the module at ``prefix``.
 
@@ -41,5 +43,5 @@ def registry(
         key = prefix + name
         if key not in state_dict:
             raise KeyError(f"checkpoint has no tensor {key!r}")
-        weights[name] = to_max_layout(key, state_dict[key]).to(dtype).contiguous()
+        weights[name] = to_max_layout(key, state_dict[key], few_rows).to(dtype).contiguous()
     return weights
