@@ -4,7 +4,7 @@ Both sides compute in float32, so a disagreement alone does not say who erred. T
 recomputes the stage with openai-whisper's own modules copied to float64 (round-off ~1e-16, so
 effectively exact), fed the same input, and reports each side's distance to it. A planted fault
 leaves MAX far from float64 and PyTorch at its float32 round-off (~1e-7); a faithful stage leaves
-both at round-off, either one marginally closer.
+both at round-off, and the verdict is a tie: which side is marginally closer is chance.
 
 whisper's ``LayerNorm`` casts its input to float32 whatever its dtype, so in the float64 copy each
 one computes as the ``nn.LayerNorm`` it subclasses (same weights, no cast). whisper's
@@ -34,7 +34,7 @@ class Verdict(TypedDict):
     stage: str
     max_vs_f64_rel_l2: float
     torch_vs_f64_rel_l2: float
-    closer: Literal["max", "torch"]
+    closer: Literal["max", "reference", "tie"]
 
 
 def arbitrate(
@@ -43,19 +43,31 @@ def arbitrate(
     inputs: Sequence[np.ndarray],
     max_output: np.ndarray,
     torch_output: np.ndarray,
+    limit: float,
 ) -> Verdict:
     """Which of ``max_output`` and ``torch_output`` is closer to ``stage`` computed in float64.
 
-    ``inputs`` are the stage's inputs as the parity runs feed them (see ``float64_stage``).
+    ``inputs`` are the stage's inputs as the parity runs feed them (see ``float64_stage``);
+    ``limit`` is the stage's rel_l2 tolerance (see ``judge``).
     """
     exact = run_float64(float64_stage(model, stage), inputs)
     max_error = compare(max_output, exact)["rel_l2"]
-    torch_error = compare(torch_output, exact)["rel_l2"]
+    return judge(stage, max_error, compare(torch_output, exact)["rel_l2"], limit)
+
+
+def judge(stage: str, max_error: float, torch_error: float, limit: float) -> Verdict:
+    """The verdict from each side's rel_l2 to float64.
+
+    A tie when both are within ``limit`` of exact maths (the tolerance that judges MAX against
+    PyTorch, so no second threshold): both sides are at round-off and neither is wrong. Else the
+    closer side; a NaN (a broken graph) is never closer.
+    """
+    if (max_error <= limit and torch_error <= limit) or max_error == torch_error:
+        closer: Literal["max", "reference", "tie"] = "tie"
+    else:
+        closer = "max" if max_error < torch_error else "reference"
     return Verdict(
-        stage=stage,
-        max_vs_f64_rel_l2=max_error,
-        torch_vs_f64_rel_l2=torch_error,
-        closer="max" if max_error < torch_error else "torch",
+        stage=stage, max_vs_f64_rel_l2=max_error, torch_vs_f64_rel_l2=torch_error, closer=closer
     )
 
 

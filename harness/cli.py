@@ -1,4 +1,4 @@
-"""Command line: ``report``, ``transcribe``, ``gate``.
+"""Command line: ``report``, ``transcribe``, ``gate``, ``faults``.
 
 User mistakes (bad checkpoint, bad audio, bad arguments) print one ``error:`` line and exit 2;
 anything else is a bug in the harness and keeps its traceback.
@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from harness import checkpoints, gate, report
+from harness import checkpoints, faults, gate, report
 from harness.audio import load_audio
 from harness.errors import HarnessError
 from harness.max_whisper.engine import DTYPES, Engine
@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     run = commands.add_parser("report", help="compare MAX with PyTorch and write a parity report")
     _model_arguments(run)
-    run.add_argument("--out", type=Path, help="report folder (default reports/<model>-<device>-<dtype>)")
+    run.add_argument(
+        "--out", type=Path, help="report folder (default reports/<model>-<device>-<dtype>)"
+    )
     run.add_argument(
         "--audio", type=Path, action="append", default=[],
         help="audio file to transcribe with both backends (repeatable); added to the fixture clips",
@@ -52,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print text, tokens and segments as JSON")
     run.set_defaults(run=_transcribe)
     gate.add_parser(commands)
+    faults.add_parser(commands)
     return parser
 
 

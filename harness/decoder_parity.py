@@ -19,7 +19,8 @@ from harness import tracer
 from harness.checkpoints import Checkpoint
 from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.metrics import compare
-from harness.parity import Progress, compare_stages, first_divergent
+from harness.noise_floor import Float64Reference
+from harness.parity import Progress, arbiter_for, compare_stages, first_divergent
 from harness.tolerances import Tolerances
 
 MIN_STEPS = 32
@@ -52,8 +53,10 @@ def decoder_parity(
     tokens: np.ndarray,
     tolerances: Tolerances,
     progress: Progress = lambda _msg: None,
+    float64: Float64Reference | None = None,
 ) -> dict[str, Any]:
-    """The ``decoder.teacher_forced`` section of parity.json."""
+    """The ``decoder.teacher_forced`` section of parity.json; ``float64`` (with these
+    ``audio_features``) adds each stage's arbiter verdict and records its noise floor."""
     reference = tracer.trace_decoder(checkpoint.model.decoder, tokens, audio_features)
     stages, chained = compare_stages(
         candidate.stages(),
@@ -61,6 +64,7 @@ def decoder_parity(
         reference,
         "tokens",
         progress,
+        arbiter_for(float64, tolerances),
     )
     progress("decoder: KV-cached steps")
     cached = incremental_logits(candidate, tokens, audio_features, prompt_length(checkpoint))

@@ -36,6 +36,7 @@ from harness.arbiter import arbitrate
 from harness.audio import load_audio
 from harness.checkpoints import Checkpoint
 from harness.decoder_parity import teacher_tokens
+from harness.errors import HarnessError
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.max_whisper.mel import MaxLogMel
@@ -45,7 +46,7 @@ from harness.metrics import Metrics, compare
 from harness.parity import Progress
 from harness.progress import Progress as Printer
 from harness.progress import silent
-from harness.report import to_json
+from harness.report import write_json
 from harness.substages import MaxSubStages, bisect, trace_block
 from harness.tolerances import Tolerances
 from harness.tracer import Trace
@@ -252,8 +253,9 @@ def localise(
         failures = limits.violations(metrics, check.tolerance_kind)
         if failures:
             found = _found(check.stage, "; ".join(failures), metrics)
+            limit = limits.limit(check.tolerance_kind, "rel_l2")
             found["arbiter"] = arbitrate(
-                checkpoint.model, check.stage, check.inputs, output, check.expected
+                checkpoint.model, check.stage, check.inputs, output, check.expected, limit
             )
             if ".blocks." in f".{check.stage}":
                 progress(f"bisecting {check.stage}")
@@ -417,20 +419,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when the control is clean and every fault is localised where expected."""
-    printer = Printer()
-    faults = [CONTROL, *CATALOGUE]
-    if args.only:
-        faults = [f for f in faults if f.name in args.only]
+    """Exit 0 when the control is clean and every fault is localised where expected.
+
+    Bad input (model, fault name, output folder) is refused before the first compile.
+    """
+    faults = selected(args.only)
+    if args.json and not args.json.parent.is_dir():
+        raise HarnessError(f"{args.json.parent}: no such folder for --json")
     checkpoint = checkpoints.load(args.model)
-    engine = Engine(args.device, DTYPES["float32"], on_compile=lambda n: printer(f"compiling {n}"))
+    printer = Printer()
+    engine = Engine(args.device, DTYPES["float32"], on_compile=printer.compiling)
     results = run_faults(checkpoint, engine, faults, printer, args.transcripts)
     printer.done()
     print(table(results))
     if args.json:
-        args.json.write_text(to_json({"model": args.model, "faults": results}))
+        write_json({"model": args.model, "faults": results}, args.json)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0 if all(r["localized_correctly"] for r in results) else 1
+
+
+def selected(names: Sequence[str] | None) -> list[Fault]:
+    """The control and the catalogue, or only the faults ``names``; an unknown name is an error."""
+    faults = [CONTROL, *CATALOGUE]
+    unknown = sorted(set(names or ()) - {f.name for f in faults})
+    if unknown:
+        known = ", ".join(f.name for f in faults)
+        raise HarnessError(f"unknown fault(s) {', '.join(unknown)}; known: {known}")
+    return [f for f in faults if not names or f.name in names]
 
 
 def table(results: Sequence[dict[str, Any]]) -> str:

@@ -1,14 +1,19 @@
-"""The noise floor of each encoder stage: how far the float32 reference is from exact maths.
+"""The noise floor of each stage: how far the float32 reference is from exact maths.
 
 A tolerance means something only next to the error that no port can avoid. That floor is
 measured here as openai-whisper's own float32 stage against the same stage in float64 (see
 ``arbiter.float64_stage``), each fed the same float32 input: the round-off of the reference
-itself. A faithful float32 port has a similar error of its own, so MAX vs PyTorch should land
-within a small multiple (about √2) of the floor, and each tolerance reads as k × floor.
+itself. A faithful float32 port has an error of its own of similar size, so MAX vs PyTorch
+lands at a small multiple of the floor (√2 if both errors were equal and independent; 1-2.4x
+measured on synthetic:tiny, MAX being up to about twice as far from float64 as PyTorch), and
+each tolerance reads as k × floor.
 
 Other recomputations of the reference were tried and give no floor at all: PyTorch float32
 with one thread instead of two, and batch 2 instead of 1, are bit-identical to the default run
 on CPU (rel_l2 exactly 0 at every stage of synthetic:tiny).
+
+``Float64Reference`` does this stage by stage during a parity run, so the same float64 output
+also gives the arbiter's verdict on MAX's output, and is dropped before the next stage.
 """
 
 from __future__ import annotations
@@ -16,22 +21,55 @@ from __future__ import annotations
 from itertools import pairwise
 
 import numpy as np
+from whisper.model import Whisper
 
 from harness import tracer
-from harness.arbiter import float64_stage, run_float64
+from harness.arbiter import Verdict, float64_stage, judge, run_float64
 from harness.checkpoints import Checkpoint
 from harness.metrics import Metrics, compare
 
 
-def noise_floor(checkpoint: Checkpoint, mel: np.ndarray) -> dict[str, Metrics]:
-    """Per encoder stage, float32 PyTorch against float64 PyTorch, isolated.
+class Float64Reference:
+    """openai-whisper's stages in float64; ``floors`` keeps each stage's floor as it is measured."""
+
+    def __init__(self, model: Whisper, audio_features: np.ndarray | None = None) -> None:
+        """``audio_features`` are the encoder output the decoder blocks cross-attend to."""
+        self.model, self.audio_features = model, audio_features
+        self.floors: dict[str, Metrics] = {}
+
+    def floor(self, stage: str, x: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        """Record ``expected`` (PyTorch's float32 output for input ``x``) against float64, and
+        return the float64 output."""
+        inputs = (x, self.audio_features) if stage.startswith("decoder.blocks.") else (x,)
+        exact = run_float64(float64_stage(self.model, stage), inputs)
+        self.floors[stage] = compare(expected, exact)
+        return exact
+
+    def arbitrate(
+        self, stage: str, x: np.ndarray, expected: np.ndarray, candidate: np.ndarray, limit: float
+    ) -> Verdict:
+        """The floor, and the arbiter's verdict on ``candidate`` (MAX's output for ``x``)."""
+        exact = self.floor(stage, x, expected)
+        max_error = compare(candidate, exact)["rel_l2"]
+        return judge(stage, max_error, self.floors[stage]["rel_l2"], limit)
+
+
+def noise_floor(
+    checkpoint: Checkpoint, mel: np.ndarray, tokens: np.ndarray | None = None
+) -> dict[str, Metrics]:
+    """Per encoder stage (and decoder stage, given ``tokens``), float32 PyTorch against float64
+    PyTorch, isolated.
 
     ``mel`` is (batch, n_mels, frames); each stage's float64 run reads the float32 reference
     input of that stage, so the floor is the stage's own round-off, not accumulated drift.
     """
-    reference = tracer.trace_encoder(checkpoint.model.encoder, mel)
-    floors: dict[str, Metrics] = {}
-    for previous, stage in pairwise(reference):  # the trace is in execution order, from "mel"
-        exact = run_float64(float64_stage(checkpoint.model, stage), [reference[previous]])
-        floors[stage] = compare(reference[stage], exact)
-    return floors
+    model = checkpoint.model
+    traces = [tracer.trace_encoder(model.encoder, mel)]
+    features = traces[0]["ln_post"]
+    if tokens is not None:
+        traces.append(tracer.trace_decoder(model.decoder, tokens, features))
+    reference = Float64Reference(model, features)
+    for trace in traces:  # each in execution order from its input, "mel" or "tokens"
+        for previous, stage in pairwise(trace):
+            reference.floor(stage, trace[previous], trace[stage])
+    return reference.floors

@@ -3,6 +3,8 @@
 *Isolated*: a MAX stage is fed the PyTorch activation of the stage before it, so its error is
 its own. *Chained*: it is fed MAX's own previous output, so the error is the drift accumulated
 up to it. Together they tell a bug in one stage from round-off growing along the network.
+Given a ``Float64Reference``, each isolated stage is also recomputed in float64: the reference's
+noise floor, and the arbiter's verdict on MAX's output in the stage's ``arbiter`` field.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from typing import TypedDict
 
 import numpy as np
 
+from harness.arbiter import Verdict
 from harness.max_whisper.audio_encoder import MaxAudioEncoder, Stage
 from harness.metrics import Metrics, compare
+from harness.noise_floor import Float64Reference
 from harness.tolerances import Tolerances
 
 
@@ -21,6 +25,7 @@ class StageResult(TypedDict):
     stage: str
     isolated: Metrics
     chained: Metrics
+    arbiter: Verdict | None  # None when the run had no float64 reference
 
 
 class FrameErrors(TypedDict):
@@ -37,6 +42,8 @@ class EncoderParity(TypedDict):
 
 
 Progress = Callable[[str], None]
+# (stage, PyTorch's input to it, PyTorch's output, MAX's isolated output) -> the verdict
+Arbiter = Callable[[str, np.ndarray, np.ndarray, np.ndarray], Verdict]
 
 
 def compare_stages(
@@ -45,6 +52,7 @@ def compare_stages(
     reference: dict[str, np.ndarray],
     first_input: str,
     progress: Progress = lambda _msg: None,
+    arbiter: Arbiter | None = None,
 ) -> tuple[list[StageResult], dict[str, np.ndarray]]:
     """Run every stage isolated and chained against a reference trace.
 
@@ -56,17 +64,28 @@ def compare_stages(
     previous_name, chained_input = first_input, reference[first_input]
     for stage in stages:
         progress(f"stage {stage.name}")
-        isolated = run(stage, reference[previous_name])
+        x, expected = reference[previous_name], reference[stage.name]
+        isolated = run(stage, x)
         chained_input = chained_outputs[stage.name] = run(stage, chained_input)
         results.append(
             StageResult(
                 stage=stage.name,
-                isolated=compare(isolated, reference[stage.name]),
-                chained=compare(chained_input, reference[stage.name]),
+                isolated=compare(isolated, expected),
+                chained=compare(chained_input, expected),
+                arbiter=None if arbiter is None else arbiter(stage.name, x, expected, isolated),
             )
         )
         previous_name = stage.name
     return results, chained_outputs
+
+
+def arbiter_for(float64: Float64Reference | None, tolerances: Tolerances) -> Arbiter | None:
+    """Judge isolated stages against ``float64``, a tie meaning both sides within the isolated
+    rel_l2 limit of it; None without a float64 reference."""
+    if float64 is None:
+        return None
+    limit = tolerances.limit("isolated", "rel_l2")
+    return lambda stage, x, expected, output: float64.arbitrate(stage, x, expected, output, limit)
 
 
 def encoder_parity(
@@ -75,6 +94,7 @@ def encoder_parity(
     tolerances: Tolerances,
     speech_fraction: float = 1.0,
     progress: Progress = lambda _msg: None,
+    float64: Float64Reference | None = None,
 ) -> EncoderParity:
     """Compare ``candidate`` stage by stage with a reference trace (see ``tracer.trace_encoder``).
 
@@ -82,7 +102,12 @@ def encoder_parity(
     marks where silence begins in the per-frame errors of the stage that drifted most.
     """
     results, chained_outputs = compare_stages(
-        candidate.stages(), candidate.run_stage, reference, "mel", progress
+        candidate.stages(),
+        candidate.run_stage,
+        reference,
+        "mel",
+        progress,
+        arbiter_for(float64, tolerances),
     )
     progress("fused encoder")
     fused = compare(candidate(reference["mel"]), reference["ln_post"])
@@ -106,7 +131,7 @@ def first_divergent(results: list[StageResult], tolerances: Tolerances) -> str |
 def frame_errors(
     stage: str, candidate: np.ndarray, reference: np.ndarray, speech_fraction: float
 ) -> FrameErrors:
-    """Relative error of each frame of batch item 0: shows whether error sits in speech or padding."""
+    """Relative error of each frame of batch item 0: does the error sit in speech or padding?"""
     difference = np.linalg.norm((candidate[0] - reference[0]).astype(np.float64), axis=-1)
     scale = np.linalg.norm(reference[0].astype(np.float64), axis=-1)
     per_frame = np.divide(difference, scale, out=np.zeros_like(difference), where=scale > 0)

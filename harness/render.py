@@ -3,17 +3,18 @@ tables; ``markdown`` (here) and ``html`` (harness/html.py) only format them, so 
 tell different stories.
 
 The verdict and the weights' provenance come first, loudly when the weights are not pretrained;
-then the encoder stage table, the mel and fused-encoder rows, the decoder, the transcripts side
-by side, the speed. Sections absent from the document are skipped.
+then the encoder stage table, the mel and fused-encoder rows, the decoder, each stage's noise
+floor next to its tolerance, the transcripts side by side, the speed. A stage over tolerance gets
+the float64 arbiter's verdict under its table. Sections absent from the document are skipped.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from harness.tolerances import Tolerances
 from harness.verdict import check, limits_of, stage_failures, verdict
@@ -90,9 +91,9 @@ def outline(document: dict[str, Any]) -> Outline:
         _encoder_section(document.get("encoder"), limits),
         _whole_graphs_section(document, limits),
         _decoder_section(document.get("decoder", {}).get("teacher_forced"), limits),
+        _noise_floor_section(document, limits),
         _transcripts_section(document.get("transcripts")),
         _speed_section(document.get("speed")),
-        _noise_floor_section(document.get("noise_floor")),
     ]
     return Outline(
         title=f"Parity report: {model['name']} ({document['device']}, {document['dtype']})",
@@ -136,6 +137,7 @@ def _encoder_section(encoder: dict[str, Any] | None, limits: Tolerances) -> Sect
         "Isolated: each MAX stage fed PyTorch's input to it (its own error). Chained: fed MAX's "
         "previous output (the drift accumulated so far).",
         f"First divergent stage (first isolated error over tolerance): {divergent or 'none'}",
+        *_arbiter_lines(_isolated_stages(encoder["stages"]), limits),
     ]
     if encoder.get("audio"):
         bullets.insert(0, f"Input: 30 s window of {encoder['audio']} (speech, then padding)")
@@ -193,9 +195,13 @@ def _whole_graphs_section(document: dict[str, Any], limits: Tolerances) -> Secti
         rows.append(_single_row("encoder, one fused graph", fused, "fused", limits))
     if not rows:
         return None
+    mel = [s for s in _isolated(document) if s.stage == "mel"]
     return Section(
         "Mel spectrogram and fused encoder",
-        ["Each is one MAX graph fed the same input as PyTorch, compared with its output."],
+        [
+            "Each is one MAX graph fed the same input as PyTorch, compared with its output.",
+            *_arbiter_lines(mel, limits),
+        ],
         [Table(("comparison", *METRIC_COLUMNS, "limit", "status"), rows)],
     )
 
@@ -236,6 +242,7 @@ def _decoder_section(teacher_forced: dict[str, Any] | None, limits: Tolerances) 
     if teacher_forced.get("stages"):
         divergent = teacher_forced.get("first_divergent_stage")
         tables.append(stage_table(teacher_forced["stages"], limits, divergent))
+        bullets += _arbiter_lines(_isolated_stages(teacher_forced["stages"]), limits)
     return Section(
         "Decoder, teacher-forced", bullets, tables, ["decoder_steps.png", "decoder_stages.png"]
     )
@@ -339,15 +346,112 @@ def _times(ratio: float | None) -> str:
     return "—" if ratio is None else f"{ratio:.2f}×"
 
 
-def _noise_floor_section(noise_floor: dict[str, Any] | None) -> Section | None:
-    if not noise_floor:
-        return None
-    rows = [Row((stage, *_metric_cells(metrics))) for stage, metrics in noise_floor.items()]
-    return Section(
-        "Noise floor",
-        ["The same metrics between two PyTorch runs that should agree: the floor under parity."],
-        [Table(("stage", *METRIC_COLUMNS), rows)],
+class Isolated(NamedTuple):
+    """One stage's isolated comparison as the noise floor table and the arbiter lines read it."""
+
+    stage: str
+    kind: str  # its tolerance kind: "mel" or "isolated"
+    metrics: dict[str, Any]  # MAX vs PyTorch
+    arbiter: dict[str, Any] | None  # the float64 arbiter's verdict, when it ran
+
+
+ARBITER_SAYS = {
+    "reference": "PyTorch is closer, so the error is MAX's",
+    "max": "MAX is closer, so the error is the reference's",
+    "tie": "both are within tolerance of float64: round-off on both sides, neither is wrong",
+}
+ARBITER_CELLS = {"reference": "PyTorch closer", "max": "MAX closer", "tie": "tie"}
+NOISE_FLOOR_COLUMNS = (
+    "stage",
+    "floor rel_l2 (PyTorch vs float64)",
+    "MAX vs float64 rel_l2",
+    "MAX vs PyTorch rel_l2",
+    "tolerance rel_l2",
+    "tolerance / floor",
+    "(MAX vs PyTorch) / floor",
+    "arbiter",
+)
+
+
+def _isolated_stages(stages: list[dict[str, Any]]) -> list[Isolated]:
+    return [Isolated(s["stage"], "isolated", s["isolated"], s.get("arbiter")) for s in stages]
+
+
+def _isolated(document: dict[str, Any]) -> Iterator[Isolated]:
+    """The mel, then every encoder and decoder stage, isolated."""
+    if "mel" in document:
+        yield Isolated("mel", "mel", document["mel"], document.get("mel_arbiter"))
+    yield from _isolated_stages(document.get("encoder", {}).get("stages", []))
+    teacher_forced = document.get("decoder", {}).get("teacher_forced") or {}
+    yield from _isolated_stages(teacher_forced.get("stages", []))
+
+
+def _arbiter_lines(stages: Iterable[Isolated], limits: Tolerances) -> list[str]:
+    """One line per stage over tolerance that the arbiter judged."""
+    return [
+        arbiter_line(s.arbiter) for s in stages if s.arbiter and check(s.metrics, s.kind, limits)
+    ]
+
+
+def arbiter_line(verdict: dict[str, Any]) -> str:
+    """``Float64 arbiter on blocks.2: MAX 3.0e-03 from float64, PyTorch 1.1e-07: …``."""
+    return (
+        f"Float64 arbiter on {verdict['stage']}: MAX {_sci(verdict['max_vs_f64_rel_l2'])} from "
+        f"float64, PyTorch {_sci(verdict['torch_vs_f64_rel_l2'])}: "
+        + ARBITER_SAYS[verdict["closer"]]
     )
+
+
+def _noise_floor_section(document: dict[str, Any], limits: Tolerances) -> Section | None:
+    """Each stage's floor next to its tolerance and MAX's error, as multiples of the floor."""
+    floors = document.get("noise_floor")
+    if not floors:
+        return None
+    rows = [
+        _floor_row(s, floors[s.stage], limits) for s in _isolated(document) if s.stage in floors
+    ]
+    bullets = [
+        "Floor: openai-whisper's float32 output of each stage against the same stage in float64, "
+        "fed the same float32 input: the round-off no float32 implementation avoids. A faithful "
+        "port's error against PyTorch is a small multiple of it (the last ratio column), and each "
+        "tolerance reads as k × floor (the first).",
+        "Arbiter: MAX's output against the same float64 result. A tie: both sides within the "
+        "stage's rel_l2 tolerance of float64. Else the closer side is named; PyTorch closer puts "
+        "the error in MAX.",
+    ]
+    if any(floors[s]["rel_l2"] == 0 for s in floors):
+        bullets.append("A floor of 0: PyTorch float32 equals float64 bit for bit; no ratio.")
+    return Section("Noise floor and float64 arbiter", bullets, [Table(NOISE_FLOOR_COLUMNS, rows)])
+
+
+def _floor_row(stage: Isolated, floor: dict[str, Any], limits: Tolerances) -> Row:
+    value, limit = floor["rel_l2"], limits.limit(stage.kind, "rel_l2")
+    measured, verdict = stage.metrics.get("rel_l2"), stage.arbiter
+    return Row(
+        (
+            stage.stage,
+            "0 (bit-identical)" if value == 0 else _sci(value),
+            _sci(verdict["max_vs_f64_rel_l2"]) if verdict else "—",
+            _sci(measured),
+            _sci(limit),
+            _ratio(limit, value),
+            _ratio(measured, value),
+            _arbiter_cell(verdict),
+        )
+    )
+
+
+def _ratio(value: float | None, floor: float) -> str:
+    """``value`` as a multiple of the floor; nothing to show when the floor is exactly 0."""
+    if value is None:
+        return "—"
+    return "— (floor 0)" if floor == 0 else f"{value / floor:.3g}×"
+
+
+def _arbiter_cell(verdict: dict[str, Any] | None) -> Cell:
+    if not verdict:
+        return "—"
+    return Status(verdict["closer"] != "reference", ARBITER_CELLS[verdict["closer"]])
 
 
 def _metric_cells(metrics: dict[str, Any]) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import whisper
 
 from harness import checkpoints, tolerances, tracer
@@ -25,9 +26,11 @@ from harness.checkpoints import Checkpoint
 from harness.decoder_parity import decoder_parity, teacher_tokens
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.metrics import compare
+from harness.noise_floor import Float64Reference
 from harness.outputs import write_outputs
 from harness.parity import Progress, encoder_parity
 from harness.progress import silent
+from harness.tolerances import Tolerances
 from harness.transcribe import MaxWhisper
 from harness.transcripts import compare_transcripts, fixture_clips, load_clips, true_text
 from harness.verdict import verdict
@@ -48,6 +51,8 @@ def build(
 
     The mel, encoder and teacher-forced decoder are compared on the 30 s window of
     ``DEFAULT_AUDIO``; transcripts on every clip of ``audio`` (default: the fixture clips).
+    Each of those stages is also recomputed in float64 (cheap next to MAX's compiles): the
+    reference's noise floor (``noise_floor``) and the arbiter's verdict on MAX (``arbiter``).
     """
     limits = tolerances.load(dtype)
     clips = load_clips(audio or fixture_clips())
@@ -59,6 +64,7 @@ def build(
     progress("PyTorch reference: tracing the encoder")
     reference = tracer.trace_encoder(checkpoint.model.encoder, mel[None])
     speech = min(1.0, len(samples) / whisper.audio.N_SAMPLES)
+    float64 = Float64Reference(checkpoint.model, reference["ln_post"])
     document = {
         "schema": SCHEMA,
         "model": model_section(checkpoint),
@@ -66,10 +72,10 @@ def build(
         "dtype": dtype,
         "versions": versions(),
         "tolerances": limits.limits,
-        "mel": compare(candidate.log_mel(window).T, mel.T),
+        **mel_section(candidate, window, mel, float64, limits),
         "encoder": {
             "audio": DEFAULT_AUDIO.name,
-            **encoder_parity(candidate.audio_encoder, reference, limits, speech, progress),
+            **encoder_parity(candidate.audio_encoder, reference, limits, speech, progress, float64),
         },
         "decoder": {
             "teacher_forced": decoder_parity(
@@ -79,13 +85,32 @@ def build(
                 teacher_tokens(checkpoint, true_text(DEFAULT_AUDIO) or ""),
                 limits,
                 progress,
+                float64,
             )
         },
+        "noise_floor": float64.floors,
         "transcripts": compare_transcripts(checkpoint, candidate, clips, progress),
     }
     document["compile_s"] = engine.compile_seconds
     document["verdict"] = verdict(document)
     return document
+
+
+def mel_section(
+    candidate: MaxWhisper,
+    window: np.ndarray,
+    mel: np.ndarray,
+    float64: Float64Reference,
+    limits: Tolerances,
+) -> dict[str, Any]:
+    """``mel``: MAX's log-mel of ``window`` against whisper's (``mel``), compared as (frames,
+    n_mels) so the per-frame cosine is per row; ``mel_arbiter``: the float64 arbiter on it."""
+    max_mel = candidate.log_mel(window).T
+    limit = limits.limit("mel", "rel_l2") or limits.limit("isolated", "rel_l2")
+    return {
+        "mel": compare(max_mel, mel.T),
+        "mel_arbiter": float64.arbitrate("mel", window, mel.T, max_mel, limit),
+    }
 
 
 def model_section(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -130,6 +155,20 @@ def write(report: dict[str, Any], out_dir: Path) -> None:
         os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_json(document: dict[str, Any], path: Path) -> None:
+    """``to_json(document)`` into ``path``, whole or not at all: written to a temporary file
+    beside it, then renamed over it, so a failure never leaves half a document."""
+    text = to_json(document)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
         raise
 
 

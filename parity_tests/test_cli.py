@@ -1,11 +1,14 @@
 """The command line: a real report on synthetic:tiny, and one-line errors for bad input."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from harness.report import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,12 +42,26 @@ def test_report_writes_the_parity_document(report_dir):
     assert document["encoder"]["first_divergent_stage"] is None
 
 
+def test_report_has_a_noise_floor_and_a_verdict_for_every_stage(report_dir):
+    """A passing run: every stage's arbiter finds both sides within tolerance of float64."""
+    document = json.loads((report_dir / "parity.json").read_text())
+    stages = document["encoder"]["stages"] + document["decoder"]["teacher_forced"]["stages"]
+    floors = document["noise_floor"]
+    assert list(floors) == ["mel", *[s["stage"] for s in stages]]
+    for verdict in [document["mel_arbiter"], *[s["arbiter"] for s in stages]]:
+        assert verdict["closer"] == "tie", verdict
+        assert 0 < verdict["torch_vs_f64_rel_l2"] == floors[verdict["stage"]]["rel_l2"]
+    text = (report_dir / "report.md").read_text()
+    assert "## Noise floor and float64 arbiter" in text and "Float64 arbiter on" not in text
+
+
 def test_report_markdown_says_synthetic_loudly(report_dir):
     text = (report_dir / "report.md").read_text()
     assert "SYNTHETIC WEIGHTS" in text
     assert "| ln_post |" in text
 
 
+@pytest.mark.parametrize(("command", "output"), [("report", "--out"), ("faults", "--json")])
 @pytest.mark.parametrize(
     ("model", "message"),
     [
@@ -53,9 +70,9 @@ def test_report_markdown_says_synthetic_loudly(report_dir):
         ("fixtures/audio/short.wav", "fixtures/audio/short.wav: not a readable checkpoint"),
     ],
 )
-def test_bad_model_is_one_line_and_writes_nothing(tmp_path, model, message):
-    out = tmp_path / "report"
-    result = harness("report", "--model", model, "--out", str(out))
+def test_bad_model_is_one_line_and_writes_nothing(tmp_path, command, output, model, message):
+    out = tmp_path / "out"
+    result = harness(command, "--model", model, output, str(out))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert message in result.stderr and "Traceback" not in result.stderr
@@ -65,8 +82,37 @@ def test_bad_model_is_one_line_and_writes_nothing(tmp_path, model, message):
 def test_report_transcripts_are_token_identical_and_the_verdict_passes(report_dir):
     document = json.loads((report_dir / "parity.json").read_text())
     clips = {t["audio"]: t["tokens_equal"] for t in document["transcripts"]}
-    assert clips == {"short.wav": True, "sentences.wav": True, "long.wav": True, "silence.wav": True}
+    assert clips == {
+        "short.wav": True,
+        "sentences.wav": True,
+        "long.wav": True,
+        "silence.wav": True,
+    }
     assert document["decoder"]["teacher_forced"]["top1_agreement"] == 1.0
     assert document["verdict"] == {"pass": True, "failures": []}
     for name in ("report.md", "report.html", "summary.csv", "encoder_stages.png"):
         assert (report_dir / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--only", "no_such_fault"), "unknown fault(s) no_such_fault; known: none, "),
+        (("--json", "/nonexistent/faults.json"), "/nonexistent: no such folder for --json"),
+    ],
+)
+def test_faults_refuses_bad_arguments_before_compiling(args, message):
+    result = harness("faults", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_json_is_replaced_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "faults.json"
+    write_json({"faults": [{"name": "none", "snr_db": math.inf}]}, path)
+    assert json.loads(path.read_text()) == {"faults": [{"name": "none", "snr_db": None}]}
+    with pytest.raises(TypeError):
+        write_json({"faults": [object()]}, path)  # not JSON: the old file stays
+    assert json.loads(path.read_text())["faults"][0]["name"] == "none"
+    assert [p.name for p in tmp_path.iterdir()] == ["faults.json"]

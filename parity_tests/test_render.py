@@ -40,12 +40,18 @@ def failing(sample) -> dict[str, Any]:
     blocks_2 = sample["encoder"]["stages"][4]
     assert blocks_2["stage"] == "blocks.2"
     blocks_2["isolated"]["rel_l2"] = 3e-3
+    blocks_2["arbiter"].update(max_vs_f64_rel_l2=3e-3, closer="reference")
     sample["encoder"]["first_divergent_stage"] = "blocks.2"
     transcript = sample["transcripts"][0]
     words = transcript["torch"]["text"].split()
     transcript["max"]["text"] = " ".join(["<b>", *words[1:]])
     transcript.update(tokens_equal=False, first_divergent_token=0)
     return sample
+
+
+def section(text: str, title: str) -> str:
+    """The Markdown of section ``title``, up to the next one."""
+    return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def test_markdown_opens_with_the_verdict_and_provenance(sample):
@@ -59,7 +65,8 @@ def test_markdown_opens_with_the_verdict_and_provenance(sample):
 
 def test_markdown_has_every_section_and_table(sample):
     text = markdown(sample)
-    for title in ("Encoder, stage by stage", "Mel spectrogram", "Decoder", "Transcripts", "Speed"):
+    titles = ("Encoder, stage by stage", "Mel spectrogram", "Decoder", "Noise floor", "Transcripts")
+    for title in (*titles, "Speed"):
         assert f"## {title}" in text
     assert "| *limit* | *≤ 2.00e-06* |" in text
     assert "| ln_post | " in text
@@ -81,6 +88,44 @@ def test_a_failing_report_says_so_and_marks_the_stage(failing):
     assert "| **blocks.2 ⟵ first divergent** |" in text
     assert "**NOT OK: isolated rel_l2 0.003 > 2e-06**" in text
     assert "**differ from token 0**" in text
+
+
+def test_a_failing_stage_gets_the_arbiter_verdict_under_its_table(failing):
+    encoder = section(markdown(failing), "Encoder, stage by stage")
+    floor = failing["noise_floor"]["blocks.2"]["rel_l2"]
+    line = (
+        f"- Float64 arbiter on blocks.2: MAX 3.00e-03 from float64, PyTorch {floor:.2e}: "
+        "PyTorch is closer, so the error is MAX's"
+    )
+    assert line in encoder.splitlines()
+    assert markdown(failing).count("Float64 arbiter on") == 1  # passing stages: table only
+    assert '<td class="bad">PyTorch closer</td>' in html(failing)
+
+
+def test_each_tolerance_sits_next_to_its_noise_floor(sample):
+    floors = section(markdown(sample), "Noise floor and float64 arbiter")
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in floors.splitlines()}
+    assert set(sample["noise_floor"]) <= set(rows)
+    blocks_0, floor = sample["encoder"]["stages"][2], sample["noise_floor"]["blocks.0"]["rel_l2"]
+    assert rows["blocks.0"][1:8] == [
+        f"{floor:.2e}",
+        f"{blocks_0['arbiter']['max_vs_f64_rel_l2']:.2e}",
+        f"{blocks_0['isolated']['rel_l2']:.2e}",
+        "2.00e-06",
+        f"{2e-6 / floor:.3g}×",
+        f"{blocks_0['isolated']['rel_l2'] / floor:.3g}×",
+        "tie |",
+    ]
+    assert rows["mel"][4] == "1.00e-05"  # the mel's own tolerance, not the stages'
+
+
+def test_a_zero_floor_is_said_and_not_divided_by(sample):
+    sample["noise_floor"]["conv1"]["rel_l2"] = 0.0
+    floors = section(markdown(sample), "Noise floor and float64 arbiter")
+    row = next(line for line in floors.splitlines() if line.startswith("| conv1 |"))
+    assert row.split(" | ")[1] == "0 (bit-identical)"
+    assert row.split(" | ")[5:7] == ["— (floor 0)", "— (floor 0)"]
+    assert "A floor of 0: PyTorch float32 equals float64 bit for bit; no ratio." in floors
 
 
 def test_transcript_differences_are_marked(failing):
@@ -137,11 +182,12 @@ def test_summary_csv_has_one_row_per_comparison(tmp_path, failing):
 
 
 def test_a_minimal_report_renders_only_what_it_has(tmp_path, sample):
-    for section in ("mel", "decoder", "transcripts", "speed", "compile_s"):
-        del sample[section]
+    for name in ("mel", "decoder", "transcripts", "speed", "compile_s", "noise_floor"):
+        del sample[name]
     del sample["encoder"]["frame_errors"]
     written = {path.name for path in write_outputs(sample, tmp_path)}
     assert written == {"encoder_stages.png", "report.md", "report.html", "summary.csv"}
     text = (tmp_path / "report.md").read_text()
     assert "## Decoder" not in text and "## Transcripts" not in text and "## Speed" not in text
+    assert "## Noise floor" not in text
     assert "| encoder, one fused graph |" in text
