@@ -7,7 +7,7 @@ DTYPE ?= float32
 BASELINE := fixtures/baseline-synthetic-tiny.json
 REPORT_ARGS = $(if $(MODEL),--model $(MODEL)) $(foreach a,$(AUDIO),--audio $(a)) --device $(DEVICE) --dtype $(DTYPE)
 
-.PHONY: install test parity-report gate baseline lint format fixtures-audio fixture-model
+.PHONY: install test bench parity-report gate baseline lint format fixtures-audio fixture-model
 
 install: .venv/installed
 
@@ -19,6 +19,10 @@ install: .venv/installed
 
 test: install
 	$(PYTHON) -m pytest parity_tests/
+
+# Speed benchmarks (pytest-benchmark, not part of `make test`); BENCH_MODEL / BENCH_DTYPE to vary.
+bench: install
+	$(PYTHON) -m pytest parity_tests/test_speed.py --benchmark-only --benchmark-columns=median,min,max,rounds
 
 parity-report: install
 	$(PYTHON) -m harness report $(REPORT_ARGS)

@@ -18,6 +18,7 @@ from harness.audio import load_audio
 from harness.errors import HarnessError
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.progress import Progress
+from harness.speed import Plan
 from harness.transcribe import MaxWhisper, transcribe
 from harness.transcripts import fixture_clips
 
@@ -42,8 +43,23 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="report folder (default reports/<model>-<device>-<dtype>)"
     )
     run.add_argument(
-        "--audio", type=Path, action="append", default=[],
+        "--audio",
+        type=Path,
+        action="append",
+        default=[],
         help="audio file to transcribe with both backends (repeatable); added to the fixture clips",
+    )
+    run.add_argument(
+        "--speed-runs",
+        type=int,
+        default=Plan.runs,
+        metavar="N",
+        help=f"timed runs per speed measure, medians reported (default {Plan.runs}; 0: no speed)",
+    )
+    run.add_argument(
+        "--cold-compile",
+        action="store_true",
+        help="also time compiling the encoder with an empty MAX cache (a minute or more)",
     )
     run.set_defaults(run=_report)
     run = commands.add_parser("transcribe", help="audio to text through MAX or PyTorch")
@@ -76,7 +92,10 @@ def _report(args: argparse.Namespace) -> int:
     checkpoint = checkpoints.load(spec)
     out = args.out or REPORTS / f"{_slug(spec)}-{args.device}-{args.dtype}"
     audio = fixture_clips() + args.audio
-    document = report.build(checkpoint, args.device, args.dtype, audio, progress=progress)
+    speed = None
+    if args.speed_runs > 0:
+        speed = Plan(report.DEFAULT_AUDIO, runs=args.speed_runs, cold_compile=args.cold_compile)
+    document = report.build(checkpoint, args.device, args.dtype, audio, progress, speed)
     report.write(document, out)
     progress.done()
     verdict = "PASS" if document["verdict"]["pass"] else "FAIL"

@@ -314,17 +314,29 @@ def _speed_section(speed: dict[str, Any] | None) -> Section | None:
         Row(
             (
                 label,
-                _fixed(speed[key]["torch"]),
-                _fixed(speed[key]["max"]),
+                _fixed(speed[key]["torch"]) + _spread(speed[key], "torch"),
+                _fixed(speed[key]["max"]) + _spread(speed[key], "max"),
                 _times(speedup(speed[key])),
             )
         )
         for key, label in SPEED_ROWS
         if key in speed
     ]
-    bullets = []
+    bullets = [
+        "Medians of the timed runs (min–max in brackets), after one warm-up; PyTorch and MAX runs "
+        "alternate, same checkpoint, audio, device and thread count."
+    ]
     if "threads" in speed:
         bullets.append(f"CPU threads: {speed['threads']}")
+    if "decode_tokens" in speed:
+        bullets.append(f"Decoding: greedy with KV cache, {speed['decode_tokens']} tokens per run.")
+    if clip := speed.get("end_to_end_clip"):
+        bullets.append(f"End to end: {clip['name']} ({clip['seconds']} s), audio file to text.")
+    if load := speed.get("load_s"):
+        bullets.append(
+            f"Load (not in the timings): PyTorch {load['torch']:.2f} s (model from the "
+            f"checkpoint), MAX {load['max']:.2f} s (weights bound to compiled graphs)"
+        )
     compile_s = speed.get("compile_s")
     if compile_s:
         cold = compile_s.get("cold")
@@ -332,6 +344,11 @@ def _speed_section(speed: dict[str, Any] | None) -> Section | None:
         bullets.append(f"MAX compile: cold {cold_text}, warm (cached) {compile_s['warm']:.1f} s")
     table = Table(("measure", "PyTorch", "MAX", "MAX speed-up (PyTorch / MAX)"), rows)
     return Section("Speed", bullets, [table], ["speed.png"])
+
+
+def _spread(pair: dict[str, Any], backend: str) -> str:
+    runs = pair.get("runs", {}).get(backend)
+    return f" ({_fixed(min(runs))}–{_fixed(max(runs))})" if runs else ""
 
 
 def speedup(pair: dict[str, float | None]) -> float | None:

@@ -30,6 +30,7 @@ from harness.noise_floor import Float64Reference
 from harness.outputs import write_outputs
 from harness.parity import Progress, encoder_parity
 from harness.progress import silent
+from harness.speed import Plan, measure
 from harness.tolerances import Tolerances
 from harness.transcribe import MaxWhisper
 from harness.transcripts import compare_transcripts, fixture_clips, load_clips, true_text
@@ -46,6 +47,7 @@ def build(
     dtype: str = "float32",
     audio: list[Path] | None = None,
     progress: Progress = silent,
+    speed: Plan | None = None,
 ) -> dict[str, Any]:
     """Run every comparison for ``checkpoint`` and return the ``parity.json`` document.
 
@@ -53,6 +55,7 @@ def build(
     ``DEFAULT_AUDIO``; transcripts on every clip of ``audio`` (default: the fixture clips).
     Each of those stages is also recomputed in float64 (cheap next to MAX's compiles): the
     reference's noise floor (``noise_floor``) and the arbiter's verdict on MAX (``arbiter``).
+    With a ``speed`` plan, PyTorch and MAX are then timed side by side (``speed.py``).
     """
     limits = tolerances.load(dtype)
     clips = load_clips(audio or fixture_clips())
@@ -91,6 +94,8 @@ def build(
         "noise_floor": float64.floors,
         "transcripts": compare_transcripts(checkpoint, candidate, clips, progress),
     }
+    if speed:
+        document["speed"] = measure(checkpoint, candidate, speed, progress)
     document["compile_s"] = engine.compile_seconds
     document["verdict"] = verdict(document)
     return document

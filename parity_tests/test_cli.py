@@ -116,3 +116,18 @@ def test_json_is_replaced_whole_or_not_at_all(tmp_path):
         write_json({"faults": [object()]}, path)  # not JSON: the old file stays
     assert json.loads(path.read_text())["faults"][0]["name"] == "none"
     assert [p.name for p in tmp_path.iterdir()] == ["faults.json"]
+
+
+def test_report_times_pytorch_and_max_side_by_side(report_dir):
+    speed = json.loads((report_dir / "parity.json").read_text())["speed"]
+    assert speed["threads"] >= 1 and speed["decode_tokens"] > 0
+    for measure in ("encoder_ms", "decode_ms_per_token", "end_to_end_rtf"):
+        pair = speed[measure]
+        assert len(pair["runs"]["torch"]) == len(pair["runs"]["max"]) == speed["runs"]
+        for backend in ("torch", "max"):
+            assert min(pair["runs"][backend]) <= pair[backend] <= max(pair["runs"][backend])
+        assert pair["speedup"] == pytest.approx(pair["torch"] / pair["max"])
+    assert speed["compile_s"]["cold"] is None and speed["compile_s"]["warm"] > 0
+    assert speed["load_s"]["torch"] > 0 and speed["load_s"]["max"] > 0
+    text = (report_dir / "report.md").read_text()
+    assert "## Speed" in text and "decoding (ms per token)" in text

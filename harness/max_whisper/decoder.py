@@ -76,8 +76,8 @@ def attention_mask(scope: Scope, offset: TensorValue, n_query: Dim, n_key: Dim) 
     key = ops.range(0, length(n_key), 1, n_key, dtype=DType.int64, device=scope.device)
     last = query if scope.variant.causal_mask else ops.max(query, axis=0)  # (n_query,) or (1,)
     visible = ops.unsqueeze(key, 0) <= ops.unsqueeze(last, 1)  # (n_query, n_key)
-    zero = ops.constant(0.0, scope.dtype, scope.device)
-    minus_inf = ops.constant(float("-inf"), scope.dtype, scope.device)
+    zero = ops.constant(0.0, DType.float32, scope.device)  # softmax runs in float32
+    minus_inf = ops.constant(float("-inf"), DType.float32, scope.device)
     return ops.where(visible, zero, minus_inf)
 
 

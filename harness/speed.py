@@ -1,0 +1,267 @@
+"""Speed, side by side: PyTorch and MAX on the same checkpoint, audio, device and thread count.
+
+Every figure is the median of several timed runs after an untimed warm-up, and the two backends'
+runs alternate (PyTorch, MAX, PyTorch, ...) so that a noisy neighbour on a shared machine slows
+both alike. The runs themselves are kept in the document: the spread is part of the result.
+
+* ``encoder_ms``: one 30 s window, batch 1, mel in, audio features out.
+* ``decode_ms_per_token``: greedy decoding with the KV cache, a fixed number of tokens after the
+  prompt, through each backend's ``Inference`` (the same loop, argmax in PyTorch for both).
+* ``end_to_end_rtf``: audio file to text (``whisper.transcribe``) over the clip's duration.
+* ``compile_s``: MAX compiling the fused encoder graph with a warm disk cache, and, on request,
+  with an empty one (``cold``, a minute or more on 2 cores, so ``None`` unless asked for).
+* ``load_s``: PyTorch building the model from the checkpoint file, MAX binding the weights of its
+  already compiled graphs; reported apart from execution.
+
+With ``dtype`` bfloat16 PyTorch runs under ``torch.autocast`` (its CPU/GPU bfloat16 path) and MAX
+with bfloat16 weights and activations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import whisper
+from whisper.decoding import Inference, PyTorchInference
+
+from harness import checkpoints
+from harness.audio import load_audio
+from harness.checkpoints import Checkpoint
+from harness.max_whisper.engine import DTYPES, Engine
+from harness.max_whisper.inference import MaxInference
+from harness.parity import Progress
+from harness.progress import silent
+from harness.transcribe import MaxWhisper, transcribe
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to time: the clip for the end-to-end run, and how much."""
+
+    clip: Path
+    runs: int = 5
+    tokens: int = 48  # decoded per run, after the prompt
+    cold_compile: bool = False  # a minute or more on 2 cores
+
+
+def measure(
+    checkpoint: Checkpoint, candidate: MaxWhisper, plan: Plan, progress: Progress = silent
+) -> dict[str, Any]:
+    """The ``speed`` section of ``parity.json`` for ``checkpoint`` (PyTorch) vs ``candidate``."""
+    engine = candidate.engine
+    reference = Reference(checkpoint.model, engine.device, engine.dtype.name)
+    candidate.load()
+    try:
+        return {
+            "threads": torch.get_num_threads(),
+            "runs": plan.runs,
+            **_execution(checkpoint, candidate, reference, plan, progress),
+            "compile_s": {
+                "cold": cold_compile_seconds(checkpoint, engine) if plan.cold_compile else None,
+                "warm": warm_compile_seconds(candidate),
+            },
+            "load_s": {
+                "torch": load_seconds(checkpoint),
+                "max": candidate_load_seconds(checkpoint, engine),
+            },
+        }
+    finally:
+        checkpoint.model.cpu()  # the parity stages run the reference on the CPU
+
+
+def _execution(
+    checkpoint: Checkpoint,
+    candidate: MaxWhisper,
+    reference: Reference,
+    plan: Plan,
+    progress: Progress,
+) -> dict[str, Any]:
+    audio = load_audio(plan.clip)
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio), checkpoint.dims.n_mels)[None]
+    progress("speed: encoder")
+    encoder = side_by_side(
+        lambda: reference.encode(mel), lambda: candidate.encoder(mel), plan.runs, scale=1e3
+    )
+    features = reference.encode(mel)
+    prompt = torch.tensor([list(reference.prompt(checkpoint))])
+    progress(f"speed: decoding {plan.tokens} tokens")
+    decode = side_by_side(
+        lambda: reference.decode_seconds(prompt, features, plan.tokens),
+        lambda: decode_seconds(MaxInference(candidate.text_decoder), prompt, features, plan.tokens),
+        plan.runs,
+        scale=1e3,
+        timed_inside=True,
+    )
+    progress(f"speed: transcribing {plan.clip.name}")
+    duration = len(audio) / whisper.audio.SAMPLE_RATE
+    end_to_end = side_by_side(
+        lambda: reference.transcribe(plan.clip),
+        lambda: transcribe(candidate, load_audio(plan.clip)),
+        plan.runs,
+        scale=1 / duration,
+    )
+    return {
+        "encoder_ms": encoder,
+        "decode_ms_per_token": decode,
+        "decode_tokens": plan.tokens,
+        "end_to_end_rtf": end_to_end,
+        "end_to_end_clip": {"name": plan.clip.name, "seconds": round(duration, 3)},
+    }
+
+
+class Reference:
+    """The PyTorch side, on the candidate's device, in the candidate's dtype (autocast)."""
+
+    def __init__(self, model: whisper.Whisper, device: str, dtype: str) -> None:
+        self.device = torch.device("cuda" if device == "gpu" else "cpu")
+        self.model = model.to(self.device).eval()
+        self.dtype = dtype
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """No grad, autocast for bfloat16, and the device synchronised before the clock stops."""
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        with torch.no_grad(), autocast:
+            yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    @property
+    def bf16(self) -> bool:
+        return self.dtype == "bfloat16"
+
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        with self.running():
+            return self.model.encoder(mel.to(self.device)).float().cpu()
+
+    @staticmethod
+    def prompt(checkpoint: Checkpoint) -> tuple[int, ...]:
+        tokenizer = whisper.tokenizer.get_tokenizer(
+            checkpoint.model.is_multilingual,
+            num_languages=checkpoint.model.num_languages,
+            language="en",
+            task="transcribe",
+        )
+        return tokenizer.sot_sequence_including_notimestamps
+
+    def decode_seconds(self, prompt: torch.Tensor, features: torch.Tensor, tokens: int) -> float:
+        inference = PyTorchInference(self.model, prompt.shape[1])
+        with self.running():
+            return decode_seconds(
+                inference, prompt.to(self.device), features.to(self.device), tokens
+            )
+
+    def transcribe(self, clip: Path) -> None:
+        with self.running():
+            transcribe(self.model, load_audio(clip))
+
+
+def decode_seconds(
+    inference: Inference, prompt: torch.Tensor, features: torch.Tensor, tokens: int
+) -> float:
+    """Seconds per token of greedy decoding, the prompt's own forward pass not timed."""
+    sequence = prompt
+    logits = inference.logits(sequence, features)
+    start = time.perf_counter()
+    for _ in range(tokens):
+        best = logits[:, -1].argmax(dim=-1, keepdim=True).to(sequence.device)
+        sequence = torch.cat([sequence, best], dim=-1)
+        logits = inference.logits(sequence, features)
+    logits[:, -1].argmax().item()  # wait for the device
+    seconds = (time.perf_counter() - start) / tokens
+    inference.cleanup_caching()
+    return seconds
+
+
+def side_by_side(
+    reference: Callable[[], Any],
+    candidate: Callable[[], Any],
+    runs: int,
+    scale: float = 1.0,
+    timed_inside: bool = False,
+) -> dict[str, Any]:
+    """Medians and runs of the two, alternating, after one untimed call of each.
+
+    ``timed_inside``: the callables return their own time (seconds), e.g. per token.
+    """
+    reference(), candidate()
+    times: dict[str, list[float]] = {"torch": [], "max": []}
+    for _ in range(runs):
+        for name, function in (("torch", reference), ("max", candidate)):
+            start = time.perf_counter()
+            inner = function()
+            times[name].append((inner if timed_inside else time.perf_counter() - start) * scale)
+    return summary(times)
+
+
+def summary(times: dict[str, list[float]]) -> dict[str, Any]:
+    medians = {name: statistics.median(runs) for name, runs in times.items()}
+    return {
+        **medians,
+        "speedup": medians["torch"] / medians["max"],
+        "runs": {name: [float(f"{t:.4g}") for t in runs] for name, runs in times.items()},
+    }
+
+
+def warm_compile_seconds(candidate: MaxWhisper) -> float:
+    """Compiling the fused encoder again in a fresh session: every kernel from the disk cache."""
+    engine = Engine(candidate.engine.device, candidate.engine.dtype)
+    graph = candidate.audio_encoder.graph("encoder")
+    start = time.perf_counter()
+    engine.session.compile(graph)
+    return time.perf_counter() - start
+
+
+def cold_compile_seconds(checkpoint: Checkpoint, engine: Engine) -> float:
+    """Compiling the fused encoder with an empty MAX cache, in a child process (the cache root,
+    ``MODULAR_DERIVED_PATH``, is read once per process)."""
+    with tempfile.TemporaryDirectory(prefix="max-cold-") as cache:
+        env = {**os.environ, "MODULAR_DERIVED_PATH": cache}
+        command = [
+            sys.executable,
+            "-m",
+            "harness.speed",
+            str(checkpoint.path),
+            engine.device,
+            engine.dtype.name,
+        ]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def load_seconds(checkpoint: Checkpoint) -> float:
+    start = time.perf_counter()
+    checkpoints.load(str(checkpoint.path))
+    return time.perf_counter() - start
+
+
+def candidate_load_seconds(checkpoint: Checkpoint, engine: Engine) -> float:
+    """A new MAX model binding the checkpoint's weights to the graphs ``engine`` has compiled."""
+    start = time.perf_counter()
+    MaxWhisper(checkpoint, engine).load()
+    return time.perf_counter() - start
+
+
+def _compile_encoder(path: str, device: str, dtype: str) -> float:
+    checkpoint = checkpoints.load(path)
+    engine = Engine(device, DTYPES[dtype])
+    encoder = MaxWhisper(checkpoint, engine).audio_encoder
+    graph = encoder.graph("encoder")
+    start = time.perf_counter()
+    engine.session.compile(graph)
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":  # the child of cold_compile_seconds
+    print(_compile_encoder(*sys.argv[1:4]))

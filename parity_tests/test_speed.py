@@ -1,0 +1,91 @@
+"""Speed: how the side-by-side timer computes its figures, and pytest-benchmark benchmarks.
+
+The benchmarks are skipped by default (``--benchmark-skip`` in pyproject.toml); run them with
+``make bench`` (synthetic:tiny, CPU, float32; ``BENCH_MODEL``/``BENCH_DTYPE`` to change). The
+report's own speed section (``parity.json["speed"]``) is checked in test_cli.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from itertools import count
+
+import pytest
+import torch
+import whisper
+
+from harness.audio import load_audio
+from harness.max_whisper.engine import DTYPES, Engine
+from harness.max_whisper.inference import MaxInference
+from harness.report import DEFAULT_AUDIO
+from harness.speed import Reference, decode_seconds, side_by_side
+from harness.transcribe import MaxWhisper
+
+BENCH_MODEL = os.environ.get("BENCH_MODEL", "synthetic:tiny")
+BENCH_DTYPE = os.environ.get("BENCH_DTYPE", "float32")
+TOKENS = 32
+
+
+def test_side_by_side_alternates_the_backends_and_reports_medians():
+    calls: list[str] = []
+    seconds = count(1)
+
+    def backend(name: str) -> Callable[[], float]:
+        def run() -> float:
+            calls.append(name)
+            return float(next(seconds))  # the time the callable says it took
+
+        return run
+
+    result = side_by_side(backend("torch"), backend("max"), runs=3, scale=10, timed_inside=True)
+    assert calls == ["torch", "max"] * 4  # one untimed warm-up each, then alternating
+    assert result["runs"] == {"torch": [30, 50, 70], "max": [40, 60, 80]}
+    assert (result["torch"], result["max"]) == (50, 60)
+    assert result["speedup"] == pytest.approx(50 / 60)
+
+
+# -- benchmarks (make bench) ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench(load_checkpoint):
+    checkpoint = load_checkpoint(BENCH_MODEL)
+    engine = Engine("cpu", DTYPES[BENCH_DTYPE])
+    candidate = MaxWhisper(checkpoint, engine)
+    candidate.load()
+    reference = Reference(checkpoint.model, "cpu", BENCH_DTYPE)
+    audio = whisper.pad_or_trim(load_audio(DEFAULT_AUDIO))
+    mel = whisper.log_mel_spectrogram(audio, checkpoint.dims.n_mels)[None]
+    features = reference.encode(mel)
+    prompt = torch.tensor([list(reference.prompt(checkpoint))])
+    return candidate, reference, mel, features, prompt
+
+
+def _pedantic(benchmark, function: Callable[[], object]) -> None:
+    benchmark.pedantic(function, rounds=5, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="encoder, 30 s window")
+def test_bench_encoder_torch(benchmark, bench):
+    _, reference, mel, _, _ = bench
+    _pedantic(benchmark, lambda: reference.encode(mel))
+
+
+@pytest.mark.benchmark(group="encoder, 30 s window")
+def test_bench_encoder_max(benchmark, bench):
+    candidate, _, mel, _, _ = bench
+    _pedantic(benchmark, lambda: candidate.encoder(mel))
+
+
+@pytest.mark.benchmark(group=f"greedy decoding, {TOKENS} tokens (time per run / {TOKENS})")
+def test_bench_decode_torch(benchmark, bench):
+    _, reference, _, features, prompt = bench
+    _pedantic(benchmark, lambda: reference.decode_seconds(prompt, features, TOKENS))
+
+
+@pytest.mark.benchmark(group=f"greedy decoding, {TOKENS} tokens (time per run / {TOKENS})")
+def test_bench_decode_max(benchmark, bench):
+    candidate, _, _, features, prompt = bench
+    inference = MaxInference(candidate.text_decoder)
+    _pedantic(benchmark, lambda: decode_seconds(inference, prompt, features, TOKENS))
