@@ -20,7 +20,7 @@ from harness.max_whisper.engine import DTYPES, Engine
 from harness.progress import Progress
 from harness.speed import Plan
 from harness.transcribe import MaxWhisper, transcribe
-from harness.transcripts import fixture_clips
+from harness.transcripts import report_clips
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
@@ -91,7 +91,7 @@ def _report(args: argparse.Namespace) -> int:
         _banner(f"no pretrained 'tiny' checkpoint is cached: using {spec} (not pretrained Whisper)")
     checkpoint = checkpoints.load(spec)
     out = args.out or REPORTS / f"{_slug(spec)}-{args.device}-{args.dtype}"
-    audio = fixture_clips() + args.audio
+    audio = report_clips(checkpoint) + args.audio
     speed = None
     if args.speed_runs > 0:
         speed = Plan(report.DEFAULT_AUDIO, runs=args.speed_runs, cold_compile=args.cold_compile)

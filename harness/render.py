@@ -108,6 +108,12 @@ def _banner(weights: str) -> str | None:
     """Random or hand-made weights give meaningful numerical parity but meaningless text."""
     if weights == "pretrained":
         return None
+    if weights == "fixture":
+        return (
+            "FIXTURE WEIGHTS — not a pretrained Whisper checkpoint but a small one trained by this "
+            "project on espeak-ng speech with a vocabulary of a few hundred words: its WER means "
+            "something on its held-out clips (*_heldout), not on sentences outside its vocabulary."
+        )
     return (
         f"{weights.upper()} WEIGHTS — not a pretrained Whisper checkpoint: numerical parity is "
         "meaningful, the transcribed text is not."

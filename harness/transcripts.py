@@ -22,12 +22,23 @@ def fixture_clips() -> list[Path]:
     return [FIXTURE_AUDIO / name for name in FIXTURE_CLIPS]
 
 
+def report_clips(checkpoint: Checkpoint) -> list[Path]:
+    """The fixture clips, plus, for a trained fixture model, its own held-out test clips
+    (``fixtures/models/<name>_heldout/``: sentences it never trained on, in its vocabulary), on
+    which its word error rate against the true text means something."""
+    held_out = checkpoint.path.with_name(f"{checkpoint.path.stem}_heldout")
+    own = sorted(held_out.glob("*.wav")) if checkpoint.weights == "fixture" else []
+    return fixture_clips() + own
+
+
 def true_text(path: Path) -> str | None:
-    """The spoken text of a clip, from the transcripts.json beside it, if it has one."""
+    """The spoken text of a clip, from the transcripts.json beside it, if it has one (an entry
+    is the text, or a record with the text under ``"text"``)."""
     index = path.parent / "transcripts.json"
     if not index.is_file():
         return None
-    return json.loads(index.read_text()).get(path.name)
+    entry = json.loads(index.read_text()).get(path.name)
+    return entry["text"] if isinstance(entry, dict) else entry
 
 
 def load_clips(paths: list[Path]) -> list[tuple[Path, np.ndarray]]:

@@ -1,0 +1,91 @@
+"""The trained fixture model really transcribes, and MAX transcribes it token for token alike.
+
+``fixture:speech`` (fixtures/models/speech.pt) is a tiny Whisper trained from scratch on
+espeak-ng speech (fixtures/train/). The clips in fixtures/models/speech_heldout/ come from its
+held-out test split: sentences never used in training, three of the five spoken in a voice and at
+a speed never used in training. They are committed (fixtures/train/make_heldout_clips.py wrote
+them), so no espeak-ng is needed here. Both backends run the same openai-whisper transcription
+(``harness.transcribe.transcribe``: whisper.transcribe, greedy, timestamped decoding).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from harness.audio import SAMPLE_RATE, load_audio
+from harness.checkpoints import FIXTURE_MODELS
+from harness.transcribe import MaxWhisper, Transcript, transcribe
+from harness.wer import edit_distance, words
+
+HELDOUT_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "models" / "speech_heldout"
+TRANSCRIPTS = json.loads((HELDOUT_DIR / "transcripts.json").read_text(encoding="utf-8"))
+CLIPS = sorted(name for name in TRANSCRIPTS if name != "_provenance")
+
+# PyTorch's WER on these clips (errors summed over clips / reference words, after whisper's
+# English normaliser) measured 1/27 = 3.7% ("dog" heard as "bag"); the bound is the issue's 10%
+# (2 errors in 27 words), room for a different CPU or BLAS tipping one more greedy choice, while
+# a model that does not really transcribe scores near 100%.
+MAX_WER = 0.10
+PROVENANCE = FIXTURE_MODELS["speech"].with_suffix(".json")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(load_checkpoint):
+    return load_checkpoint("fixture:speech")
+
+
+@pytest.fixture(scope="module")
+def torch_transcripts(checkpoint) -> dict[str, Transcript]:
+    return {name: transcribe(checkpoint.model, load_audio(HELDOUT_DIR / name)) for name in CLIPS}
+
+
+def corpus_wer(hypotheses: dict[str, str]) -> float:
+    """Word errors summed over the clips, over the reference words summed over the clips."""
+    errors = sum(
+        edit_distance(words(hypotheses[name]), words(TRANSCRIPTS[name]["text"])) for name in CLIPS
+    )
+    return errors / sum(len(words(TRANSCRIPTS[name]["text"])) for name in CLIPS)
+
+
+def test_fixture_checkpoint_says_its_weights_are_a_fixture(checkpoint):
+    assert checkpoint.weights == "fixture"
+    assert checkpoint.path == FIXTURE_MODELS["speech"]
+
+
+def test_provenance_states_a_heldout_wer_within_the_target():
+    """The 300-clip held-out evaluation the training script ran on the saved checkpoint."""
+    provenance = json.loads(PROVENANCE.read_text())
+    for evaluation in ("heldout_eval", "heldout_eval_transcribe"):
+        assert provenance[evaluation]["clips"] >= 300
+        assert provenance[evaluation]["wer_all"] <= MAX_WER
+    assert provenance["dims"]["n_audio_ctx"] == 1500  # the standard 30 s pipeline applies
+
+
+def test_heldout_clips_are_short_16k_mono_pcm_in_both_voice_splits():
+    assert len(CLIPS) >= 3
+    assert {TRANSCRIPTS[name]["split"] for name in CLIPS} == {"heldout_voice", "seen_voice"}
+    for name in CLIPS:
+        info = sf.info(HELDOUT_DIR / name)
+        assert (info.samplerate, info.channels, info.subtype) == (SAMPLE_RATE, 1, "PCM_16")
+        assert 1.0 < info.duration < 6.5
+
+
+def test_pytorch_transcribes_heldout_clips(torch_transcripts):
+    hypotheses = {name: t.text for name, t in torch_transcripts.items()}
+    wer = corpus_wer(hypotheses)
+    detail = {name: (TRANSCRIPTS[name]["text"], hypotheses[name]) for name in CLIPS}
+    assert wer <= MAX_WER, (wer, detail)
+
+
+@pytest.mark.slow
+def test_max_transcripts_are_token_identical_to_pytorch(checkpoint, engine, torch_transcripts):
+    model = MaxWhisper(checkpoint, engine)
+    for name in CLIPS:
+        got = transcribe(model, load_audio(HELDOUT_DIR / name))
+        expected = torch_transcripts[name]
+        assert got.tokens == expected.tokens, (name, got.text, expected.text)
+        assert got.text == expected.text
