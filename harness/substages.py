@@ -15,20 +15,19 @@ whisper model).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from max.dtype import DType
-from max.engine import Model
 from max.graph import DeviceRef, Graph, TensorType, TensorValue, ops
 from torch import nn
 from whisper.model import ModelDimensions, ResidualAttentionBlock
 
 from harness.max_whisper import decoder, encoder
-from harness.max_whisper.engine import Engine, to_numpy
+from harness.max_whisper.engine import to_numpy
+from harness.max_whisper.graphs import BoundGraphs
 from harness.max_whisper.layers import Scope, layer_norm
-from harness.max_whisper.variant import FAITHFUL, Variant
 from harness.max_whisper.weights import registry
 from harness.metrics import Metrics, compare
 from harness.tolerances import Tolerances
@@ -67,24 +66,16 @@ def trace_block(
     return capture
 
 
-class MaxSubStages:
+class MaxSubStages(BoundGraphs):
     """The sub-modules of MAX's blocks, one small graph per kind, for ``variant``."""
 
-    def __init__(
-        self,
-        dims: ModelDimensions,
-        state_dict: Mapping[str, torch.Tensor],
-        engine: Engine,
-        variant: Variant = FAITHFUL,
-    ) -> None:
-        self.dims, self.state_dict, self.engine, self.variant = dims, state_dict, engine, variant
-        self._models: dict[str, Model] = {}
+    family = "sub"
 
     def run(self, block: str, sub_stage: str, x: np.ndarray, xa: np.ndarray | None) -> np.ndarray:
         """Sub-module ``sub_stage`` of ``block`` (``encoder.blocks.0.``, ``decoder.blocks.1.``)."""
         kind = self._kind(block, sub_stage)
         inputs = [x, xa] if kind == "cross_attn" else [x]
-        model = self._model(kind, block, sub_stage)
+        model = self.model(kind, f"{block}{sub_stage}.")
         buffers = [self.engine.to_device(np.ascontiguousarray(a)) for a in inputs]
         return to_numpy(model.execute(*buffers)[0])
 
@@ -95,37 +86,23 @@ class MaxSubStages:
             return "masked_attn" if block.startswith("decoder.") else "attn"
         return sub_stage  # mlp, cross_attn
 
-    def _model(self, kind: str, block: str, sub_stage: str) -> Model:
-        key = block + sub_stage
-        if key not in self._models:
-            name = self._graph_name(kind)
-            graph = self._graph(kind, name)
-            compiled = self.engine.compile(lambda: graph, name)
-            weights = registry(self.state_dict, f"{block}{sub_stage}.", graph._weights, self.dtype)
-            if kind == "cross_attn":
-                weights |= self._cross_kv_weights(block)
-            self._models[key] = self.engine.init(compiled, weights)
-        return self._models[key]
+    def weights(self, kind: str, prefix: str, graph: Graph) -> dict[str, torch.Tensor]:
+        weights = super().weights(kind, prefix, graph)
+        return weights | self._cross_kv_weights(prefix) if kind == "cross_attn" else weights
 
-    def _cross_kv_weights(self, block: str) -> dict[str, torch.Tensor]:
+    def _cross_kv_weights(self, prefix: str) -> dict[str, torch.Tensor]:
         """Block i's cross-attention keys and values are block i + ``cross_kv_from_block``'s
         (itself in the faithful model), as MAX's text decoder binds them."""
         n_layer = self.dims.n_text_layer
-        source = (int(block.split(".")[-2]) + self.variant.cross_kv_from_block) % n_layer
+        source = (int(prefix.split(".")[2]) + self.variant.cross_kv_from_block) % n_layer
         names = ["key.weight", "value.weight", "value.bias"]
         return registry(self.state_dict, f"decoder.blocks.{source}.cross_attn.", names, self.dtype)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.engine.torch_dtype
-
-    def _graph_name(self, kind: str) -> str:
+    def shape(self, kind: str) -> str:
         d = self.dims
-        shape = f"s{d.n_audio_state}h{d.n_audio_head}a{d.n_audio_ctx}"
-        tag = "faithful" if self.variant == FAITHFUL else f"v{abs(hash(self.variant)):x}"
-        return f"whisper_sub_{kind}_{shape}_{self.engine.dtype.name}_{tag}"
+        return f"s{d.n_audio_state}h{d.n_audio_head}a{d.n_audio_ctx}"
 
-    def _graph(self, kind: str, name: str) -> Graph:
+    def graph(self, kind: str) -> Graph:
         """float32 in and out whatever the model dtype, like the stage graphs."""
         d, dtype = self.dims, self.engine.dtype
         scope = Scope("", dtype, self.engine.device_ref, self.variant)
@@ -133,7 +110,7 @@ class MaxSubStages:
         audio = TensorType(DType.float32, ["batch", d.n_audio_ctx, d.n_audio_state], scope.device)
         build = _builders(d)[kind]
         input_types = [state, audio] if kind == "cross_attn" else [state]
-        with Graph(name, input_types=input_types) as graph:
+        with Graph(self.graph_name(kind), input_types=input_types) as graph:
             inputs = [ops.cast(value.tensor, dtype) for value in graph.inputs]
             graph.output(ops.cast(build(scope, *inputs), DType.float32))
         return graph

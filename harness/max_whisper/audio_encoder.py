@@ -7,21 +7,19 @@ either the PyTorch activation (isolated) or MAX's own previous output (chained).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from max.dtype import DType
-from max.engine import Model
 from max.graph import Graph, TensorType, TensorValue, ops
-from whisper.model import ModelDimensions
 
 from harness.errors import HarnessError
 from harness.max_whisper import encoder
-from harness.max_whisper.engine import Engine, to_numpy
+from harness.max_whisper.engine import to_numpy
+from harness.max_whisper.graphs import BoundGraphs
 from harness.max_whisper.layers import Scope
-from harness.max_whisper.variant import FAITHFUL, Variant
 from harness.max_whisper.weights import registry
 
 
@@ -34,19 +32,10 @@ class Stage:
     prefix: str
 
 
-class MaxAudioEncoder:
+class MaxAudioEncoder(BoundGraphs):
     """openai-whisper's ``AudioEncoder`` run by MAX Engine, stage by stage or fused."""
 
-    def __init__(
-        self,
-        dims: ModelDimensions,
-        state_dict: Mapping[str, torch.Tensor],
-        engine: Engine,
-        variant: Variant = FAITHFUL,
-    ) -> None:
-        self.dims, self.engine, self.variant = dims, engine, variant
-        self.state_dict = state_dict
-        self._models: dict[str, Model] = {}
+    family = "encoder"
 
     def stages(self) -> list[Stage]:
         blocks = [
@@ -73,7 +62,7 @@ class MaxAudioEncoder:
 
     def load(self) -> None:
         """Compile (unless already compiled) and bind the weights of the fused encoder."""
-        self._model("encoder", "encoder.")
+        self.model("encoder", "encoder.")
 
     def check_mel(self, mel: np.ndarray) -> None:
         """A wrong mel is a user error, said in one line, not a MAX shape failure."""
@@ -85,34 +74,21 @@ class MaxAudioEncoder:
             )
 
     def _run(self, kind: str, prefix: str, x: np.ndarray) -> np.ndarray:
-        model = self._model(kind, prefix)
+        model = self.model(kind, prefix)
         return to_numpy(model.execute(self.engine.to_device(np.ascontiguousarray(x)))[0])
 
-    def _model(self, kind: str, prefix: str) -> Model:
-        key = kind + ":" + prefix
-        if key not in self._models:
-            graph = self.graph(kind)
-            compiled = self.engine.compile(lambda: graph, self._graph_name(kind))
-            names = self._module_names(prefix) if kind == "encoder" else graph._weights
-            weights = registry(self.state_dict, prefix, names, self.engine.torch_dtype)
-            self._models[key] = self.engine.init(compiled, weights)
-        return self._models[key]
+    def weights(self, kind: str, prefix: str, graph: Graph) -> dict[str, torch.Tensor]:
+        """The fused graph reads every weight under ``prefix``, the blocks' through subgraph
+        calls, which ``graph._weights`` lists only once, unprefixed."""
+        if kind != "encoder":
+            return super().weights(kind, prefix, graph)
+        names = [k.removeprefix(prefix) for k in self.state_dict if k.startswith(prefix)]
+        return registry(self.state_dict, prefix, names, self.dtype)
 
-    def _module_names(self, prefix: str) -> list[str]:
-        """Every weight under ``prefix``: the fused graph also reads the blocks' weights through
-        its subgraph calls, which ``graph._weights`` lists only once, unprefixed."""
-        return [k.removeprefix(prefix) for k in self.state_dict if k.startswith(prefix)]
-
-    def _graph_name(self, kind: str) -> str:
+    def shape(self, kind: str) -> str:
         d = self.dims
         shape = f"m{d.n_mels}c{d.n_audio_ctx}s{d.n_audio_state}h{d.n_audio_head}"
-        if kind == "encoder":
-            shape += f"l{d.n_audio_layer}"
-        return f"whisper_encoder_{kind}_{shape}_{self.engine.dtype.name}_{self.variant_tag}"
-
-    @property
-    def variant_tag(self) -> str:
-        return "faithful" if self.variant == FAITHFUL else f"v{abs(hash(self.variant)):x}"
+        return shape + f"l{d.n_audio_layer}" if kind == "encoder" else shape
 
     def graph(self, kind: str) -> Graph:
         """The uncompiled graph of one kind of stage (``conv1`` ... ``ln_post``) or ``encoder``."""
@@ -126,7 +102,7 @@ class MaxAudioEncoder:
         build = self._builders()[kind]
         scope = Scope("", dtype, self.engine.device_ref, self.variant)
         input_type = TensorType(DType.float32, input_shape, scope.device)
-        with Graph(self._graph_name(kind), input_types=[input_type]) as graph:
+        with Graph(self.graph_name(kind), input_types=[input_type]) as graph:
             x = ops.cast(graph.inputs[0].tensor, dtype)
             graph.output(ops.cast(build(scope, x), DType.float32))
         return graph

@@ -11,22 +11,20 @@ place). Both caches stay on the device between steps, as MAX buffers; one step i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
 import torch
 from max.driver import Buffer
 from max.dtype import DType
-from max.engine import Model
 from max.graph import BufferType, DeviceRef, Graph, TensorType, Value, ops
-from whisper.model import ModelDimensions
 
 from harness.max_whisper import decoder
 from harness.max_whisper.audio_encoder import Stage
-from harness.max_whisper.engine import Engine, to_numpy
+from harness.max_whisper.engine import to_numpy
+from harness.max_whisper.graphs import BoundGraphs
 from harness.max_whisper.layers import Scope
-from harness.max_whisper.variant import FAITHFUL, Variant
 from harness.max_whisper.weights import registry
 
 Build = Callable[[Scope, Sequence[Value]], list]
@@ -34,25 +32,18 @@ CROSS_KV_NAMES = ("cross_attn.key.", "cross_attn.value.")
 FEW_ROWS = {"step"}  # graph kinds run on a token or a few at a time (see layers.linear)
 
 
-class MaxTextDecoder:
+class MaxTextDecoder(BoundGraphs):
     """openai-whisper's ``TextDecoder`` run by MAX Engine: stage by stage, or step by step cached.
 
     The cached path holds the decoding state: the audio's cross K/V, the self-attention cache and
     ``offset``, the number of positions cached. ``reset()`` starts a new sequence.
     """
 
-    def __init__(
-        self,
-        dims: ModelDimensions,
-        state_dict: Mapping[str, torch.Tensor],
-        engine: Engine,
-        variant: Variant = FAITHFUL,
-    ) -> None:
-        self.dims, self.engine, self.variant = dims, engine, variant
-        self.state_dict = state_dict
-        self._models: dict[str, Model] = {}
-        self._cache: list[Buffer] = []
-        self.reset()
+    family = "decoder"
+    # the decoding state, set per instance by reset() and the first logits() call
+    offset: int = 0
+    _kv: list[Buffer] | None = None
+    _cache: list[Buffer] = []  # never mutated in place: _allocate_cache assigns a new list
 
     # -- stages, whole sequence, no cache -------------------------------------------------------
 
@@ -77,7 +68,7 @@ class MaxTextDecoder:
             inputs = [x, audio_features]
         else:
             inputs = [x]
-        model = self._model(stage.kind, stage.prefix)
+        model = self.model(stage.kind, stage.prefix)
         outputs = model.execute(*(self.engine.to_device(np.ascontiguousarray(a)) for a in inputs))
         return to_numpy(outputs[0])
 
@@ -85,13 +76,13 @@ class MaxTextDecoder:
 
     def load(self) -> None:
         """Compile (unless already compiled) and bind the weights of the decoding graphs."""
-        self._model("cross_kv", "decoder.")
-        self._model("step", "decoder.")
+        self.model("cross_kv", "decoder.")
+        self.model("step", "decoder.")
 
     def reset(self) -> None:
         """Forget the audio and the cached tokens (the cache buffers are kept for reuse)."""
         self.offset = 0
-        self._kv: list[Buffer] | None = None
+        self._kv = None
 
     def logits(self, tokens: np.ndarray, audio_features: np.ndarray) -> np.ndarray:
         """Logits (batch, n, vocab) of the ``n`` new ``tokens`` at positions ``offset ..``.
@@ -108,7 +99,7 @@ class MaxTextDecoder:
         if self._kv is None:
             self._kv = self._cross_kv(audio_features, batch)
             self._allocate_cache(batch)
-        step = self._model("step", "decoder.")
+        step = self.model("step", "decoder.")
         outputs = step.execute(
             self.engine.to_device(np.ascontiguousarray(tokens, dtype=np.int64)),
             Buffer.scalar(self.offset, DType.int64),
@@ -132,14 +123,14 @@ class MaxTextDecoder:
         if list(source_indices) == list(range(batch)):
             return
         rows = self.engine.to_device(np.asarray(source_indices, dtype=np.int64))
-        self._model("reorder", "decoder.").execute(rows, *self._cache)
+        self.model("reorder", "decoder.").execute(rows, *self._cache)
 
     def _cross_kv(self, audio_features: np.ndarray, batch: int) -> list[Buffer]:
         rows = audio_features.shape[0]
         if batch % rows:
             raise ValueError(f"tokens batch {batch} is not a multiple of audio batch {rows}")
         audio = np.repeat(np.asarray(audio_features, dtype=np.float32), batch // rows, axis=0)
-        return self._model("cross_kv", "decoder.").execute(self.engine.to_device(audio))
+        return self.model("cross_kv", "decoder.").execute(self.engine.to_device(audio))
 
     def _allocate_cache(self, batch: int) -> None:
         """Zeroed buffers: unwritten slots are masked, but 0 x NaN would still poison the sum."""
@@ -152,24 +143,13 @@ class MaxTextDecoder:
 
     # -- graphs ---------------------------------------------------------------------------------
 
-    def _model(self, kind: str, prefix: str) -> Model:
-        key = kind + ":" + prefix
-        if key not in self._models:
-            graph = self._graph(kind)
-            compiled = self.engine.compile(lambda: graph, self._graph_name(kind))
-            weights = self._weights(graph._weights, prefix, few_rows=kind in FEW_ROWS)
-            self._models[key] = self.engine.init(compiled, weights)
-        return self._models[key]
-
-    def _weights(
-        self, names: Sequence[str], prefix: str, few_rows: bool = False
-    ) -> dict[str, torch.Tensor]:
-        """The registry for a graph declaring ``names`` relative to ``prefix``.
+    def weights(self, kind: str, prefix: str, graph: Graph) -> dict[str, torch.Tensor]:
+        """The registry for ``graph``, relative to ``prefix``.
 
         A block's cross K/V weights come from block ``i + cross_kv_from_block`` (the planted
         fault; 0 in the faithful model), as the step graph reads that block's cross K/V.
         """
-        names = set(names)
+        names = set(graph._weights)
         weights = {}
         cross = {name for name in names if name.startswith(CROSS_KV_NAMES)}
         if cross and self.variant.cross_kv_from_block:
@@ -177,30 +157,23 @@ class MaxTextDecoder:
             j = (i + self.variant.cross_kv_from_block) % self.dims.n_text_layer
             weights |= registry(self.state_dict, f"decoder.blocks.{j}.", cross, self.dtype)
             names -= cross
+        few_rows = kind in FEW_ROWS
         return weights | registry(self.state_dict, prefix, names, self.dtype, few_rows)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.engine.torch_dtype
-
-    def _graph_name(self, kind: str) -> str:
+    def shape(self, kind: str) -> str:
         d = self.dims
         shape = f"v{d.n_vocab}c{d.n_text_ctx}s{d.n_text_state}h{d.n_text_head}"
         if kind in ("block", "cross_kv", "step"):
             shape += f"a{d.n_audio_ctx}"
         if kind in ("cross_kv", "step"):
             shape += f"l{d.n_text_layer}"
-        return f"whisper_decoder_{kind}_{shape}_{self.engine.dtype.name}_{self.variant_tag}"
+        return shape
 
-    @property
-    def variant_tag(self) -> str:
-        return "faithful" if self.variant == FAITHFUL else f"v{abs(hash(self.variant)):x}"
-
-    def _graph(self, kind: str) -> Graph:
+    def graph(self, kind: str) -> Graph:
         scope = Scope("", self.engine.dtype, self.engine.device_ref, self.variant)
         scope = replace(scope, few_rows=kind in FEW_ROWS)
         input_types, build = self._builders(scope)[kind]
-        with Graph(self._graph_name(kind), input_types=input_types) as graph:
+        with Graph(self.graph_name(kind), input_types=input_types) as graph:
             graph.output(*build(scope, graph.inputs))
         return graph
 

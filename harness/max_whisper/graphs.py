@@ -1,0 +1,69 @@
+"""What the encoder, the decoder and the sub-stage graphs share: compile once, bind weights once.
+
+A part of the model (``MaxAudioEncoder``, ``MaxTextDecoder``, ``MaxSubStages``) has a few kinds of
+graph. Each kind is compiled once per shape, under a name that encodes it (the engine keeps
+compiled graphs by name), and bound once per weight prefix: one compiled block graph serves every
+block. Subclasses say how to build a kind (``graph``), what its shape is (``shape``) and which
+weights it reads (``weights``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from max.engine import Model
+from max.graph import Graph
+from whisper.model import ModelDimensions
+
+from harness.max_whisper.engine import Engine
+from harness.max_whisper.variant import FAITHFUL, Variant
+from harness.max_whisper.weights import registry
+
+
+class BoundGraphs:
+    """Compiled graphs of one part of the model, bound to one checkpoint's weights."""
+
+    family = ""  # graph names start whisper_<family>_
+
+    def __init__(
+        self,
+        dims: ModelDimensions,
+        state_dict: Mapping[str, torch.Tensor],
+        engine: Engine,
+        variant: Variant = FAITHFUL,
+    ) -> None:
+        self.dims, self.state_dict, self.engine, self.variant = dims, state_dict, engine, variant
+        self._models: dict[str, Model] = {}
+
+    def model(self, kind: str, prefix: str) -> Model:
+        """The graph of ``kind``, compiled (once per name), with the weights under ``prefix``."""
+        key = f"{kind}:{prefix}"
+        if key not in self._models:
+            graph = self.graph(kind)
+            compiled = self.engine.compile(lambda: graph, self.graph_name(kind))
+            self._models[key] = self.engine.init(compiled, self.weights(kind, prefix, graph))
+        return self._models[key]
+
+    def graph(self, kind: str) -> Graph:
+        raise NotImplementedError
+
+    def shape(self, kind: str) -> str:
+        """The dims a graph of ``kind`` depends on, as a short tag for its name."""
+        raise NotImplementedError
+
+    def weights(self, kind: str, prefix: str, graph: Graph) -> dict[str, torch.Tensor]:
+        """The weights ``graph`` declares, relative to the module at ``prefix``."""
+        return registry(self.state_dict, prefix, graph._weights, self.dtype)
+
+    def graph_name(self, kind: str) -> str:
+        dtype = self.engine.dtype.name
+        return f"whisper_{self.family}_{kind}_{self.shape(kind)}_{dtype}_{self.variant_tag}"
+
+    @property
+    def variant_tag(self) -> str:
+        return "faithful" if self.variant == FAITHFUL else f"v{abs(hash(self.variant)):x}"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.engine.torch_dtype
