@@ -78,13 +78,13 @@ def test_bench_encoder_max(benchmark, bench):
     _pedantic(benchmark, lambda: candidate.encoder(mel))
 
 
-@pytest.mark.benchmark(group=f"greedy decoding, {TOKENS} tokens (time per run / {TOKENS})")
+@pytest.mark.benchmark(group=f"greedy decoding with KV cache: prompt + {TOKENS} tokens per run")
 def test_bench_decode_torch(benchmark, bench):
     _, reference, _, features, prompt = bench
     _pedantic(benchmark, lambda: reference.decode_seconds(prompt, features, TOKENS))
 
 
-@pytest.mark.benchmark(group=f"greedy decoding, {TOKENS} tokens (time per run / {TOKENS})")
+@pytest.mark.benchmark(group=f"greedy decoding with KV cache: prompt + {TOKENS} tokens per run")
 def test_bench_decode_max(benchmark, bench):
     candidate, _, _, features, prompt = bench
     inference = MaxInference(candidate.text_decoder)
