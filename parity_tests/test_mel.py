@@ -29,6 +29,7 @@ from harness.metrics import Metrics, compare
 AUDIO_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
 CLIPS = ["short.wav", "sentences.wav", "long.wav", "silence.wav"]
 
+
 # Upper bounds for rel_l2 and max_abs, lower bounds for the cosines. The log-mel is
 # (log10(power) + 4) / 4, clamped to 8 decades of power. Both sides compute a float32 DFT (FFT
 # there, a matmul here) whose error is absolute, ~eps·√400·‖frame‖, so it is largest relative to
