@@ -15,6 +15,7 @@ from harness.transcribe import MaxWhisper, Transcript, transcribe
 from harness.wer import word_error_rate
 
 FIXTURE_AUDIO = Path(__file__).resolve().parent.parent / "fixtures" / "audio"
+FIXTURE_MODELS_DIR = FIXTURE_AUDIO.parent / "models"
 FIXTURE_CLIPS = ["short.wav", "sentences.wav", "long.wav", "silence.wav"]
 
 
@@ -26,9 +27,10 @@ def report_clips(checkpoint: Checkpoint) -> list[Path]:
     """The fixture clips, plus, for a trained fixture model, its own held-out test clips
     (``fixtures/models/<name>_heldout/``: sentences it never trained on, in its vocabulary), on
     which its word error rate against the true text means something."""
-    held_out = checkpoint.path.with_name(f"{checkpoint.path.stem}_heldout")
-    own = sorted(held_out.glob("*.wav")) if checkpoint.weights == "fixture" else []
-    return fixture_clips() + own
+    if checkpoint.weights != "fixture":
+        return fixture_clips()
+    name = checkpoint.name.partition(":")[2]
+    return fixture_clips() + sorted((FIXTURE_MODELS_DIR / f"{name}_heldout").glob("*.wav"))
 
 
 def true_text(path: Path) -> str | None:

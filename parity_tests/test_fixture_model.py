@@ -1,6 +1,6 @@
 """The trained fixture model really transcribes, and MAX transcribes it token for token alike.
 
-``fixture:speech`` (fixtures/models/speech.pt) is a tiny Whisper trained from scratch on
+``fixture:speech`` (fixtures/models/speech.compact.pt) is a tiny Whisper trained from scratch on
 espeak-ng speech (fixtures/train/). The clips in fixtures/models/speech_heldout/ come from its
 held-out test split: sentences never used in training, three of the five spoken in a voice and at
 a speed never used in training. They are committed (fixtures/train/make_heldout_clips.py wrote
@@ -15,9 +15,17 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+import torch
+from whisper.model import ModelDimensions
 
+from harness import checkpoints
 from harness.audio import SAMPLE_RATE, load_audio
-from harness.checkpoints import FIXTURE_MODELS
+from harness.checkpoints import (
+    EMBEDDING,
+    FIXTURE_MODELS,
+    compact_checkpoint,
+    expanded_checkpoint,
+)
 from harness.transcribe import MaxWhisper, Transcript, transcribe
 from harness.wer import edit_distance, words
 
@@ -30,7 +38,7 @@ CLIPS = sorted(name for name in TRANSCRIPTS if name != "_provenance")
 # (2 errors in 27 words), room for a different CPU or BLAS tipping one more greedy choice, while
 # a model that does not really transcribe scores near 100%.
 MAX_WER = 0.10
-PROVENANCE = FIXTURE_MODELS["speech"].with_suffix(".json")
+PROVENANCE = FIXTURE_MODELS["speech"].with_name("speech.json")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +61,23 @@ def corpus_wer(hypotheses: dict[str, str]) -> float:
 
 def test_fixture_checkpoint_says_its_weights_are_a_fixture(checkpoint):
     assert checkpoint.weights == "fixture"
-    assert checkpoint.path == FIXTURE_MODELS["speech"]
+    assert checkpoint.path == expanded_checkpoint(FIXTURE_MODELS["speech"])
+
+
+def test_the_compact_checkpoint_expands_to_every_kept_row_and_the_mean_elsewhere(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the expansion is written to the cache
+    dims = ModelDimensions(80, 1500, 8, 2, 1, 10, 448, 8, 2, 1)
+    state = {k: torch.randn(v) for k, v in checkpoints._expected_shapes(dims).items()}
+    source = tmp_path / "tiny.compact.pt"
+    torch.save(compact_checkpoint(dims, state, [1, 7]), source)
+    expanded = torch.load(expanded_checkpoint(source), weights_only=True)["model_state_dict"]
+    embedding, original = expanded[EMBEDDING], state[EMBEDDING]
+    assert torch.equal(embedding[[1, 7]], original[[1, 7]])
+    others = [i for i in range(10) if i not in (1, 7)]
+    assert torch.allclose(embedding[others], original[others].mean(dim=0).expand(8, -1))
+    assert all(torch.equal(expanded[k], v) for k, v in state.items() if k != EMBEDDING)
 
 
 def test_provenance_states_a_heldout_wer_within_the_target():
