@@ -38,6 +38,8 @@ from whisper.decoding import Inference, PyTorchInference
 from harness import checkpoints
 from harness.audio import load_audio
 from harness.checkpoints import Checkpoint
+from harness.decoder_parity import tokenizer
+from harness.max_whisper.audio_encoder import MaxAudioEncoder
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.max_whisper.inference import MaxInference
 from harness.parity import Progress
@@ -69,7 +71,7 @@ def measure(
             **_execution(checkpoint, candidate, reference, plan, progress),
             "compile_s": {
                 "cold": cold_compile_seconds(checkpoint, engine) if plan.cold_compile else None,
-                "warm": warm_compile_seconds(candidate),
+                "warm": encoder_compile_seconds(candidate.audio_encoder),
             },
             "load_s": {
                 "torch": load_seconds(checkpoint),
@@ -94,7 +96,7 @@ def _execution(
         lambda: reference.encode(mel), lambda: candidate.encoder(mel), plan.runs, scale=1e3
     )
     features = reference.encode(mel)
-    prompt = torch.tensor([list(reference.prompt(checkpoint))])
+    prompt = transcription_prompt(checkpoint)
     progress(f"speed: decoding {plan.tokens} tokens")
     decode = side_by_side(
         lambda: reference.decode_seconds(prompt, features, plan.tokens),
@@ -145,16 +147,6 @@ class Reference:
         with self.running():
             return self.model.encoder(mel.to(self.device)).float().cpu()
 
-    @staticmethod
-    def prompt(checkpoint: Checkpoint) -> tuple[int, ...]:
-        tokenizer = whisper.tokenizer.get_tokenizer(
-            checkpoint.model.is_multilingual,
-            num_languages=checkpoint.model.num_languages,
-            language="en",
-            task="transcribe",
-        )
-        return tokenizer.sot_sequence_including_notimestamps
-
     def decode_seconds(self, prompt: torch.Tensor, features: torch.Tensor, tokens: int) -> float:
         inference = PyTorchInference(self.model, prompt.shape[1])
         with self.running():
@@ -165,6 +157,11 @@ class Reference:
     def transcribe(self, clip: Path) -> None:
         with self.running():
             transcribe(self.model, load_audio(clip))
+
+
+def transcription_prompt(checkpoint: Checkpoint) -> torch.Tensor:
+    """(1, n): the standard English transcription prompt, without timestamps."""
+    return torch.tensor([tokenizer(checkpoint).sot_sequence_including_notimestamps])
 
 
 def decode_seconds(
@@ -214,10 +211,11 @@ def summary(times: dict[str, list[float]]) -> dict[str, Any]:
     }
 
 
-def warm_compile_seconds(candidate: MaxWhisper) -> float:
-    """Compiling the fused encoder again in a fresh session: every kernel from the disk cache."""
-    engine = Engine(candidate.engine.device, candidate.engine.dtype)
-    graph = candidate.audio_encoder.graph("encoder")
+def encoder_compile_seconds(encoder: MaxAudioEncoder) -> float:
+    """Compiling the fused encoder graph in a fresh session (same device and dtype): warm when
+    its kernels are in MAX's disk cache, as they are once ``encoder`` has run."""
+    engine = Engine(encoder.engine.device, encoder.engine.dtype)
+    graph = encoder.graph("encoder")
     start = time.perf_counter()
     engine.session.compile(graph)
     return time.perf_counter() - start
@@ -254,13 +252,8 @@ def candidate_load_seconds(checkpoint: Checkpoint, engine: Engine) -> float:
 
 
 def _compile_encoder(path: str, device: str, dtype: str) -> float:
-    checkpoint = checkpoints.load(path)
-    engine = Engine(device, DTYPES[dtype])
-    encoder = MaxWhisper(checkpoint, engine).audio_encoder
-    graph = encoder.graph("encoder")
-    start = time.perf_counter()
-    engine.session.compile(graph)
-    return time.perf_counter() - start
+    candidate = MaxWhisper(checkpoints.load(path), Engine(device, DTYPES[dtype]))
+    return encoder_compile_seconds(candidate.audio_encoder)
 
 
 if __name__ == "__main__":  # the child of cold_compile_seconds

@@ -12,14 +12,13 @@ from collections.abc import Callable
 from itertools import count
 
 import pytest
-import torch
 import whisper
 
 from harness.audio import load_audio
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.max_whisper.inference import MaxInference
 from harness.report import DEFAULT_AUDIO
-from harness.speed import Reference, decode_seconds, side_by_side
+from harness.speed import Reference, decode_seconds, side_by_side, transcription_prompt
 from harness.transcribe import MaxWhisper
 
 BENCH_MODEL = os.environ.get("BENCH_MODEL", "synthetic:tiny")
@@ -58,7 +57,7 @@ def bench(load_checkpoint):
     audio = whisper.pad_or_trim(load_audio(DEFAULT_AUDIO))
     mel = whisper.log_mel_spectrogram(audio, checkpoint.dims.n_mels)[None]
     features = reference.encode(mel)
-    prompt = torch.tensor([list(reference.prompt(checkpoint))])
+    prompt = transcription_prompt(checkpoint)
     return candidate, reference, mel, features, prompt
 
 
