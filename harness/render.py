@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from harness.tolerances import Tolerances
-from harness.verdict import check, limits_of, stage_failures, verdict
+from harness.verdict import check, language_failures, limits_of, stage_failures, verdict
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,8 @@ def outline(document: dict[str, Any]) -> Outline:
         _whole_graphs_section(document, limits),
         _decoder_section(document.get("decoder", {}).get("teacher_forced"), limits),
         _noise_floor_section(document, limits),
-        _transcripts_section(document.get("transcripts")),
+        _transcripts_section(document.get("transcripts"), document.get("wer") or {}),
+        _language_section(document.get("language"), limits),
         _speed_section(document.get("speed")),
     ]
     return Outline(
@@ -125,6 +126,7 @@ def _provenance(document: dict[str, Any]) -> list[str]:
     lines = [
         f"Weights: {model['weights']}, checkpoint {model['checkpoint']}",
         f"Checkpoint sha256: {model['sha256']}",
+        *_source(model.get("source")),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in document["versions"].items()),
     ]
     if model.get("dims"):
@@ -132,6 +134,18 @@ def _provenance(document: dict[str, Any]) -> list[str]:
     compile_s = document.get("compile_s")
     if compile_s:
         lines.append(f"MAX graphs compiled: {len(compile_s)}, {sum(compile_s.values()):.1f} s")
+    return lines
+
+
+def _source(source: dict[str, Any] | None) -> list[str]:
+    """Where converted weights came from: format, packages, the hash of the file as shipped."""
+    if not source:
+        return []
+    origin = ", ".join(source.get("packages") or source.get("files", []))
+    what = f"{source['format']} {source['dtype']}"
+    lines = [f"Converted from: {what} ({origin}), sha256 {source['sha256']}"]
+    if source.get("note"):
+        lines.append(f"Weights: {source['note']}")
     return lines
 
 
@@ -254,9 +268,23 @@ def _decoder_section(teacher_forced: dict[str, Any] | None, limits: Tolerances) 
     )
 
 
-def _transcripts_section(transcripts: list[dict[str, Any]] | None) -> Section | None:
+CLIP_SETS = {
+    "speech": "real human speech (fixtures/speech)",
+    "audio": "espeak-ng speech (fixtures/audio)",
+}
+
+
+def _transcripts_section(
+    transcripts: list[dict[str, Any]] | None, wer: dict[str, dict[str, Any]]
+) -> Section | None:
     if not transcripts:
         return None
+    bullets = [
+        f"WER against the true text, {CLIP_SETS.get(name, name)}: PyTorch "
+        f"{summary['torch']:.1%}, MAX {summary['max']:.1%} ({summary['clips']} clips, "
+        f"{summary['words']} words, openai-whisper's English normaliser)"
+        for name, summary in wer.items()
+    ]
     rows = [_transcript_row(t) for t in transcripts]
     columns = (
         "audio",
@@ -267,7 +295,42 @@ def _transcripts_section(transcripts: list[dict[str, Any]] | None) -> Section | 
         "WER MAX vs PyTorch",
         "WER vs reference (PyTorch / MAX)",
     )
-    return Section("Transcripts", [], [Table(columns, rows)])
+    return Section("Transcripts", bullets, [Table(columns, rows)])
+
+
+LANGUAGE_COLUMNS = (
+    "audio",
+    "PyTorch (p)",
+    "MAX (p)",
+    "KL",
+    "max |Δp|",
+    "PyTorch top-2 margin",
+    "status",
+)
+
+
+def _language_section(languages: list[dict[str, Any]] | None, limits: Tolerances) -> Section | None:
+    if not languages:
+        return None
+    rows = [
+        Row(
+            (
+                entry["audio"],
+                f"{entry['torch']['language']} ({entry['torch']['probability']:.4f})",
+                f"{entry['max']['language']} ({entry['max']['probability']:.4f})",
+                _sci(entry["kl"]),
+                _sci(entry["max_abs_probability"]),
+                _fixed(entry["top2_margin"]),
+                _status(language_failures(entry, limits)),
+            )
+        )
+        for entry in languages
+    ]
+    bullets = [
+        "whisper.decoding.detect_language on each clip's first 30 s window, MAX's log-mel, encoder "
+        "and decoder behind it; the language probabilities compared over every language."
+    ]
+    return Section("Language identification", bullets, [Table(LANGUAGE_COLUMNS, rows)])
 
 
 def _transcript_row(transcript: dict[str, Any]) -> Row:

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import whisper
 
-from harness import checkpoints, tolerances, tracer
+from harness import tolerances, tracer
 from harness.audio import load_audio
 from harness.checkpoints import Checkpoint
 from harness.decoder_parity import decoder_parity, teacher_tokens
+from harness.language import compare_languages
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.metrics import compare
 from harness.noise_floor import Float64Reference
@@ -33,12 +34,21 @@ from harness.progress import silent
 from harness.speed import Plan, measure
 from harness.tolerances import Tolerances
 from harness.transcribe import MaxWhisper
-from harness.transcripts import compare_transcripts, fixture_clips, load_clips, true_text
+from harness.transcripts import (
+    compare_transcripts,
+    corpus_wer,
+    fixture_clips,
+    load_clips,
+    true_text,
+)
 from harness.verdict import verdict
 
 SCHEMA = 1
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_AUDIO = REPO / "fixtures" / "audio" / "sentences.wav"
+# 25 s of real reading (five LibriVox utterances end to end) with its true text: one window full
+# of speech for the encoder, and 77 tokens of text to teacher-force the decoder with.
+DEFAULT_AUDIO = REPO / "fixtures" / "speech" / "librivox_window.wav"
+DEFAULT_MODEL = "tiny.en"
 
 
 def build(
@@ -94,6 +104,10 @@ def build(
         "noise_floor": float64.floors,
         "transcripts": compare_transcripts(checkpoint, candidate, clips, progress),
     }
+    document["wer"] = corpus_wer(document["transcripts"])
+    languages = compare_languages(checkpoint, candidate, clips, progress)
+    if languages is not None:
+        document["language"] = languages
     if speed:
         document["speed"] = measure(checkpoint, candidate, speed, progress)
     document["compile_s"] = engine.compile_seconds
@@ -119,13 +133,17 @@ def mel_section(
 
 
 def model_section(checkpoint: Checkpoint) -> dict[str, Any]:
-    return {
+    """The checkpoint and, for converted weights, where they came from (``source``)."""
+    section = {
         "name": checkpoint.name,
         "weights": checkpoint.weights,
         "checkpoint": str(checkpoint.path),
         "sha256": checkpoint.sha256,
         "dims": asdict(checkpoint.dims),
     }
+    if checkpoint.source:
+        section["source"] = checkpoint.source
+    return section
 
 
 def versions() -> dict[str, str]:
@@ -135,16 +153,6 @@ def versions() -> dict[str, str]:
         "whisper": version("openai-whisper"),
         "python": platform.python_version(),
     }
-
-
-def default_model() -> str:
-    """``tiny`` when its real checkpoint is cached, else the project's trained fixture model,
-    else random weights (the caller says loudly which stand-in it used)."""
-    if checkpoints.pretrained_available("tiny"):
-        return "tiny"
-    if checkpoints.FIXTURE_MODELS["speech"].is_file():
-        return "fixture:speech"
-    return "synthetic:tiny"
 
 
 def write(report: dict[str, Any], out_dir: Path) -> None:

@@ -45,6 +45,11 @@ def verdict(document: dict[str, Any]) -> dict[str, Any]:
             f"decoder teacher_forced {v}" for v in check(teacher_forced, "teacher_forced", limits)
         ]
     failures += [f for t in document.get("transcripts", []) for f in transcript_failures(t)]
+    failures += [
+        f"language {e['audio']} {v}"
+        for e in document.get("language", [])
+        for v in language_failures(e, limits)
+    ]
     return {"pass": not failures, "failures": failures}
 
 
@@ -107,6 +112,15 @@ def stage_failures(result: dict[str, Any], limits: Tolerances) -> list[str]:
         if kind in result
         for v in check(result[kind], kind, limits)
     ]
+
+
+def language_failures(entry: dict[str, Any], limits: Tolerances) -> list[str]:
+    """A different detected language, or language probabilities further apart than allowed."""
+    failures = check(entry, "language", limits)
+    if not entry["same_language"]:
+        torch_language, max_language = entry["torch"]["language"], entry["max"]["language"]
+        failures.insert(0, f"same_language false: PyTorch {torch_language}, MAX {max_language}")
+    return failures
 
 
 def transcript_failures(transcript: dict[str, Any]) -> list[str]:

@@ -1,10 +1,8 @@
 """The MAX text decoder against openai-whisper: stages, the KV-cached path, and decoding itself.
 
-The decoder reads what openai-whisper's encoder makes of the fixture sentence clip, and is
-teacher-forced with that clip's true transcript, as the parity report does.
+The decoder reads what openai-whisper's encoder makes of the report's clip (25 s of LibriVox
+reading), and is teacher-forced with that clip's true transcript, as the parity report does.
 """
-
-import json
 
 import numpy as np
 import pytest
@@ -18,9 +16,15 @@ from harness.decoder_parity import MIN_STEPS, decoder_parity, prompt_length, tea
 from harness.max_whisper.inference import MaxInference
 from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.report import DEFAULT_AUDIO
+from harness.transcripts import true_text
 
-MODELS = ["synthetic:tiny", pytest.param("synthetic:base", marks=pytest.mark.slow)]
-TEXT = json.loads((DEFAULT_AUDIO.parent / "transcripts.json").read_text())[DEFAULT_AUDIO.name]
+MODELS = [
+    "synthetic:tiny",
+    pytest.param("synthetic:base", marks=pytest.mark.slow),
+    "tiny.en",
+    pytest.param("base", marks=pytest.mark.slow),
+]
+TEXT = true_text(DEFAULT_AUDIO)
 
 # Two MAX computations of the same logits (cached step graph vs the chained stage graphs) differ
 # by float32 round-off only: measured rel_l2 6.8e-7 on synthetic:tiny; 1e-5 is the chained bound.

