@@ -6,12 +6,15 @@ isolated inputs (every MAX stage fed PyTorch's input for it): the log-mel of a f
 encoder stages, then the decoder stages teacher-forced on the standard prompt and the clip's
 true sentence. It stops at the first stage whose metrics break tolerance, so a fault compiles
 only the graphs up to where it shows (MAX caches compiled graphs by content, so the unchanged
-stages before it cost seconds). A stage that cannot be built, or returns the wrong shape, counts
-as detected there, with the error as the reason. A divergent block is bisected into its
-sub-modules (``substages.py``), and the float64 arbiter (``arbiter.py``) says which side is right.
+stages before it cost seconds). A stage whose graph MAX refuses to build, compile or run
+(``MaxGraphError``), or that returns the wrong shape, counts as detected there, with the error as
+the reason; any other error is a bug of the harness and propagates. A divergent block is bisected
+into its sub-modules (``substages.py``), and the float64 arbiter (``arbiter.py``) says which side
+is right.
 
 ``transcript_changed`` (with ``--transcripts`` only; null otherwise) says whether the faulty
-model's greedy transcript of ``short.wav`` differs from the faithful one's. It is decoded by
+model's greedy transcript of ``short.wav`` differs from the faithful one's; it is null too when
+either model has none (a ``MaxGraphError``), and ``transcript_error`` says why. It is decoded by
 openai-whisper's own ``transcribe`` through the stage graphs (chained, uncached) rather than the
 fused encoder and the cached decoder step, which would cost every fault three more cold compiles.
 """
@@ -21,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 import whisper
+from max import graph as max_graph
 from whisper.decoding import DecodingOptions, DecodingResult, Inference
 
 from harness import checkpoints, tolerances, tracer
@@ -54,6 +60,36 @@ from harness.transcribe import MaxDecodingTask, MaxWhisper, transcribe
 
 AUDIO = Path(__file__).resolve().parent.parent / "fixtures" / "audio"
 CLIP = AUDIO / "short.wav"
+
+MAX_PACKAGE = Path(max_graph.__file__).parent.parent
+# What MAX raises for a graph it cannot build (ValueError from op creation and verification,
+# IndexError for an axis or index out of range), compile (RuntimeError) or run (ValueError for
+# inputs of the wrong shape or dtype, RuntimeError): builtin types, which the harness raises too.
+MAX_GRAPH_ERRORS = (ValueError, IndexError, RuntimeError)
+
+
+class MaxGraphError(Exception):
+    """MAX refused to build, compile or run a graph: for a planted fault, a finding."""
+
+
+@contextmanager
+def max_graph_errors() -> Iterator[None]:
+    """Raise what MAX itself raised as ``MaxGraphError``; anything else, a harness bug, as is.
+
+    The types alone cannot tell MAX's errors from the harness's, so where it was raised decides.
+    """
+    try:
+        yield
+    except MAX_GRAPH_ERRORS as error:
+        if not _raised_by_max(error):
+            raise
+        raise MaxGraphError(_one_line(error)) from error
+
+
+def _raised_by_max(error: BaseException) -> bool:
+    """Whether the innermost frame of ``error``'s traceback is MAX's own code."""
+    raised_in = traceback.extract_tb(error.__traceback__)[-1].filename
+    return Path(raised_in).is_relative_to(MAX_PACKAGE)
 
 
 @dataclass(frozen=True)
@@ -246,10 +282,14 @@ def localise(
     for check in checks(checkpoint, engine, variant, ref):
         progress(f"stage {check.stage}")
         try:
-            output = check.run()
-            metrics = compare(output, check.expected)
-        except Exception as error:  # noqa: BLE001 - a stage that cannot build or run is a finding
-            return _found(check.stage, _one_line(error))
+            with max_graph_errors():
+                output = check.run()
+        except MaxGraphError as error:
+            return _found(check.stage, str(error))
+        if output.shape != check.expected.shape:
+            shapes = f"MAX {output.shape}, PyTorch {check.expected.shape}"
+            return _found(check.stage, f"output shape mismatch: {shapes}")
+        metrics = compare(output, check.expected)
         failures = limits.violations(metrics, check.tolerance_kind)
         if failures:
             found = _found(check.stage, "; ".join(failures), metrics)
@@ -333,13 +373,26 @@ def run_faults(
             **found,
             "transcript_changed": None,
             "transcript": None,
+            "transcript_error": None,
         }
         if faithful is not None:
-            text = _transcript(checkpoint, engine, fault.variant, progress)
-            result["transcript"] = text
-            result["transcript_changed"] = text != faithful
+            faulty = _transcript(checkpoint, engine, fault.variant, progress)
+            result |= _transcript_fields(faithful, faulty)
         results.append(result)
     return results
+
+
+def _transcript_fields(faithful: Transcribed, faulty: Transcribed) -> dict[str, Any]:
+    """The faulty transcript and whether it changed: unknown (None) when either model has none,
+    since two failed runs are no evidence of the same text; the error says which failed."""
+    error = faulty.error
+    if error is None and faithful.error is not None:
+        error = f"faithful model: {faithful.error}"
+    return {
+        "transcript_changed": None if error else faulty.text != faithful.text,
+        "transcript": faulty.text,
+        "transcript_error": error,
+    }
 
 
 # -- greedy transcripts through the stage graphs ------------------------------------------------
@@ -388,13 +441,25 @@ class _StageInference(Inference):
         """Nothing cached, nothing to reorder."""
 
 
-def _transcript(checkpoint: Checkpoint, engine: Engine, variant: Variant, progress: Progress):
-    """The greedy transcript of ``CLIP``, or the error that kept the model from producing one."""
+@dataclass(frozen=True)
+class Transcribed:
+    """The greedy transcript of ``CLIP``, or (``text`` None) the MAX error that prevented it."""
+
+    text: str | None
+    error: str | None = None
+
+
+def _transcript(
+    checkpoint: Checkpoint, engine: Engine, variant: Variant, progress: Progress
+) -> Transcribed:
+    """Decode ``CLIP``; a graph MAX refuses is recorded, any other error propagates."""
     progress(f"transcribing {CLIP.name}")
+    audio = load_audio(CLIP)
     try:
-        return transcribe(StageWhisper(checkpoint, engine, variant), load_audio(CLIP)).text
-    except Exception as error:  # noqa: BLE001 - a model that cannot run has no transcript
-        return f"<no transcript: {_one_line(error)}>"
+        with max_graph_errors():
+            return Transcribed(transcribe(StageWhisper(checkpoint, engine, variant), audio).text)
+    except MaxGraphError as error:
+        return Transcribed(None, str(error))
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -458,7 +523,7 @@ def table(results: Sequence[dict[str, Any]]) -> str:
             r["localized_stage"] or "-",
             r["sub_stage"] or "-",
             "yes" if r["detected"] else "no",
-            {None: "-", True: "changed", False: "same"}[r["transcript_changed"]],
+            _transcript_cell(r),
             r["reason"][:60],
         )
         for r in results
@@ -470,3 +535,9 @@ def table(results: Sequence[dict[str, Any]]) -> str:
 
 def _cell(stage: str | None, sub_stage: str | None) -> str:
     return "-" if stage is None else f"{stage}/{sub_stage}" if sub_stage else stage
+
+
+def _transcript_cell(result: dict[str, Any]) -> str:
+    if result["transcript_error"]:
+        return "error"
+    return {None: "-", True: "changed", False: "same"}[result["transcript_changed"]]

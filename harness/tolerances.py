@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.errors import HarnessError
 
@@ -22,14 +24,18 @@ class Tolerances:
     def limit(self, kind: str, metric: str) -> float | None:
         return self.limits.get(kind, {}).get(metric)
 
-    def violations(self, metrics: dict[str, float], kind: str) -> list[str]:
-        """One ``"metric value vs limit"`` line per metric of ``kind`` that breaks its limit."""
+    def violations(self, metrics: Mapping[str, Any], kind: str) -> list[str]:
+        """One ``"metric value vs limit"`` line per metric of ``kind`` that breaks its limit.
+
+        A gated metric that is missing (or None) or NaN fails: a stage must not pass for want of
+        a number.
+        """
         failures = []
         for metric, bound in self.limits.get(kind, {}).items():
             value = metrics.get(metric)
             if value is None:
-                continue
-            if metric in HIGHER_IS_BETTER and not value >= bound:
+                failures.append(f"{metric} missing")
+            elif metric in HIGHER_IS_BETTER and not value >= bound:
                 failures.append(f"{metric} {value:.7g} < {bound:.7g}")
             elif metric not in HIGHER_IS_BETTER and not value <= bound:
                 failures.append(f"{metric} {value:.3g} > {bound:.3g}")

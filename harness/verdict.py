@@ -67,21 +67,16 @@ def limits_of(document: dict[str, Any]) -> Tolerances:
 
 
 def check(metrics: dict[str, Any], kind: str, limits: Tolerances) -> list[str]:
-    """``Tolerances.violations`` with a null or missing gated metric counted as a failure.
+    """``Tolerances.violations`` of a document's metrics, its nulls read back as numbers.
 
-    JSON has no NaN: the report writes a NaN metric (a broken graph) as null, which must not
-    pass. A null ``snr_db`` is the one legitimate null: identical tensors, infinite SNR.
+    JSON has no NaN: the report writes a NaN metric (a broken graph) as null, which must fail as
+    NaN. A null ``snr_db`` is the one legitimate null: identical tensors, infinite SNR.
     """
-    gated = {
-        metric: _null_as_worst(metric, metrics.get(metric))
-        for metric in limits.limits.get(kind, {})
-    }
-    return limits.violations(gated, kind)
+    numbers = {m: _null_as_worst(m) if v is None else v for m, v in metrics.items()}
+    return limits.violations(numbers, kind)
 
 
-def _null_as_worst(metric: str, value: float | None) -> float:
-    if value is not None:
-        return value
+def _null_as_worst(metric: str) -> float:
     return math.inf if metric == "snr_db" else math.nan
 
 

@@ -1,0 +1,66 @@
+"""The tolerance check itself: a gated metric that is missing or NaN fails; nothing compiles."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import tolerances
+from harness.language import language_metrics
+from harness.metrics import compare
+from harness.verdict import check, limits_of
+
+SAMPLE = Path(__file__).resolve().parent.parent / "fixtures" / "sample_parity.json"
+CLEAN = {"rel_l2": 0.0, "cosine": 1.0, "min_frame_cosine": 1.0}
+
+
+@pytest.fixture
+def limits() -> tolerances.Tolerances:
+    return tolerances.load("float32")
+
+
+def test_metrics_within_every_limit_pass(limits):
+    assert limits.violations(CLEAN, "isolated") == []
+
+
+@pytest.mark.parametrize(
+    "metrics", [{"cosine": 1.0, "min_frame_cosine": 1.0}, {**CLEAN, "rel_l2": None}]
+)
+def test_a_missing_gated_metric_fails(limits, metrics):
+    assert limits.violations(metrics, "isolated") == ["rel_l2 missing"]
+
+
+def test_a_nan_metric_fails(limits):
+    assert limits.violations({**CLEAN, "cosine": math.nan}, "isolated") == ["cosine nan < 0.999999"]
+
+
+def test_a_document_null_is_nan_but_a_null_snr_is_identical(limits):
+    """JSON writes NaN and inf as null: a null rel_l2 fails, a null snr_db is infinite SNR."""
+    metrics = {**CLEAN, "rel_l2": None, "snr_db": None}
+    assert check(metrics, "isolated", limits) == ["rel_l2 nan > 2e-06"]
+    snr_gated = tolerances.Tolerances("float32", {"isolated": {"snr_db": 100.0}})
+    assert check({"snr_db": None}, "isolated", snr_gated) == []
+    assert check({}, "isolated", snr_gated) == ["snr_db missing"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_every_gated_metric_is_one_its_callers_compute(dtype):
+    """The check fails a metric nobody computed, so each kind's gate must ask for real ones."""
+    limits = tolerances.load(dtype)
+    x = np.ones((1, 3, 4), np.float32)
+    computed = {
+        "isolated": compare(x, x),
+        "chained": compare(x, x),
+        "fused": compare(x, x),
+        "mel": compare(x, x),
+        "language": language_metrics({"en": 0.9, "de": 0.1}, {"en": 0.9, "de": 0.1}),
+        "teacher_forced": json.loads(SAMPLE.read_text())["decoder"]["teacher_forced"],
+    }
+    assert set(limits.limits) <= set(computed)
+    for kind, metrics in computed.items():
+        assert not limits.violations(metrics, kind), kind
+        assert not check(metrics, kind, limits_of({"dtype": dtype})), kind
