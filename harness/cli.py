@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"timed runs per speed measure, medians reported (default {Plan.runs}; 0: no speed)",
     )
     run.add_argument(
+        "--no-peers",
+        dest="peers",
+        action="store_false",
+        help="skip CTranslate2 float32/int8 (faster-whisper's engine) beside PyTorch and MAX",
+    )
+    run.add_argument(
         "--cold-compile",
         action="store_true",
         help="also time compiling the encoder with an empty MAX cache (a minute or more)",
@@ -94,7 +100,9 @@ def _report(args: argparse.Namespace) -> int:
     speed = None
     if args.speed_runs > 0:
         speed = Plan(report.DEFAULT_AUDIO, runs=args.speed_runs, cold_compile=args.cold_compile)
-    document = report.build(checkpoint, args.device, args.dtype, audio, progress, speed)
+    document = report.build(
+        checkpoint, args.device, args.dtype, audio, progress, speed, peers=args.peers
+    )
     report.write(document, out)
     progress.done()
     verdict = "PASS" if document["verdict"]["pass"] else "FAIL"

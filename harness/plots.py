@@ -20,6 +20,8 @@ from harness.tolerances import Tolerances
 from harness.verdict import limits_of
 
 BLUE, RED, GREY, ORANGE = "#1f77b4", "#d62728", "#555555", "#ff7f0e"
+GREEN, PURPLE = "#2ca02c", "#9467bd"
+ENGINE_COLOURS = {"torch": BLUE, "max": RED, "ct2-float32": GREEN, "ct2-int8": PURPLE}
 KINDS = {"isolated": ("o", BLUE), "chained": ("s", RED)}  # marker and colour per kind
 
 
@@ -161,21 +163,23 @@ def decoder_steps_figure(per_step: list[dict[str, Any]] | None) -> Figure | None
 
 
 def speed_figure(speed: dict[str, Any] | None) -> Figure | None:
-    """PyTorch and MAX side by side per measure (their units differ, so one panel each)."""
+    """Every engine side by side per measure (their units differ, so one panel each)."""
     measures = [(key, label) for key, label in SPEED_ROWS if key in (speed or {})]
     if not measures:
         return None
-    figure = Figure(figsize=(3.6 * len(measures), 3.6), layout="constrained")
+    engines = speed.get("engines", {})
+    colours = [ENGINE_COLOURS.get(name, GREY) for name in engines]
+    figure = Figure(figsize=(4.2 * len(measures), 3.8), layout="constrained")
     panels = figure.subplots(1, len(measures), squeeze=False)[0]
     for axes, (key, label) in zip(panels, measures, strict=True):
-        pair = speed[key]
-        values = [pair.get("torch") or 0.0, pair.get("max") or 0.0]
-        bars = axes.bar(["PyTorch", "MAX"], values, color=[BLUE, RED])
+        medians = speed[key]["median"]
+        bars = axes.bar(list(engines.values()), [medians[e] for e in engines], color=colours)
         axes.bar_label(bars, fmt="%.3g")
         axes.set_title(label, fontsize="medium")
+        axes.tick_params(axis="x", labelrotation=30, labelsize="small")
         axes.margins(y=0.15)
-        ratio = speedup(pair)
+        ratio = speedup(speed[key], "max", "torch")
         if ratio is not None:
-            axes.set_xlabel(f"MAX speed-up {ratio:.2f}×")
+            axes.set_xlabel(f"MAX vs PyTorch {ratio:.2f}×", fontsize="small")
     figure.suptitle(f"Speed, lower is better ({speed.get('threads', '?')} CPU threads)")
     return figure

@@ -94,6 +94,7 @@ def outline(document: dict[str, Any]) -> Outline:
         _noise_floor_section(document, limits),
         _transcripts_section(document.get("transcripts"), document.get("wer") or {}),
         _language_section(document.get("language"), limits),
+        _peers_section(document),
         _speed_section(document.get("speed")),
     ]
     return Outline(
@@ -379,57 +380,143 @@ SPEED_ROWS = (
 def _speed_section(speed: dict[str, Any] | None) -> Section | None:
     if not speed:
         return None
+    engines = speed.get("engines", {})
+    measures = [(key, label) for key, label in SPEED_ROWS if key in speed]
     rows = [
-        Row(
-            (
-                label,
-                _fixed(speed[key]["torch"]) + _spread(speed[key], "torch"),
-                _fixed(speed[key]["max"]) + _spread(speed[key], "max"),
-                _times(speedup(speed[key])),
-            )
-        )
-        for key, label in SPEED_ROWS
-        if key in speed
+        Row((label, *(_fixed(speed[key]["median"][e]) + _spread(speed[key], e) for e in engines)))
+        for key, label in measures
     ]
     bullets = [
-        "Medians of the timed runs (min–max in brackets), after one warm-up; PyTorch and MAX runs "
-        "alternate, same checkpoint, audio, device and thread count."
+        "Medians of the timed runs (min–max in brackets), after one warm-up; the engines' runs "
+        "take turns, same checkpoint, audio, device and thread count."
     ]
     if "threads" in speed:
         bullets.append(f"CPU threads: {speed['threads']}")
     if "decode_tokens" in speed:
-        bullets.append(f"Decoding: greedy with KV cache, {speed['decode_tokens']} tokens per run.")
-    if clip := speed.get("end_to_end_clip"):
-        bullets.append(f"End to end: {clip['name']} ({clip['seconds']} s), audio file to text.")
-    if load := speed.get("load_s"):
         bullets.append(
-            f"Load (not in the timings): PyTorch {load['torch']:.2f} s (model from the "
-            f"checkpoint), MAX {load['max']:.2f} s (weights bound to compiled graphs)"
+            f"Decoding: greedy with KV cache from the same audio features, "
+            f"{speed['decode_tokens']} tokens per run (CTranslate2: its marginal time per token)."
         )
+    if clip := speed.get("end_to_end_clip"):
+        bullets.append(
+            f"End to end: {clip['name']} ({clip['seconds']} s), audio file to text "
+            "(openai-whisper's transcribe; faster-whisper's for CTranslate2)."
+        )
+    if load := speed.get("load_s"):
+        loads = ", ".join(f"{engines.get(e, e)} {seconds:.2f} s" for e, seconds in load.items())
+        bullets.append(f"Load (not in the timings): {loads}")
     compile_s = speed.get("compile_s")
     if compile_s:
         cold = compile_s.get("cold")
         cold_text = "not measured" if cold is None else f"{cold:.1f} s"
         bullets.append(f"MAX compile: cold {cold_text}, warm (cached) {compile_s['warm']:.1f} s")
-    table = Table(("measure", "PyTorch", "MAX", "MAX speed-up (PyTorch / MAX)"), rows)
-    return Section("Speed", bullets, [table], ["speed.png"])
+    tables = [Table(("measure", *engines.values()), rows), _speedup_table(speed, measures)]
+    return Section("Speed", bullets, tables, ["speed.png"])
 
 
-def _spread(pair: dict[str, Any], backend: str) -> str:
-    runs = pair.get("runs", {}).get(backend)
+def _speedup_table(speed: dict[str, Any], measures: list[tuple[str, str]]) -> Table:
+    """How many times faster each MAX mode is than each peer (peer's median / MAX's)."""
+    engines = speed.get("engines", {})
+    modes = [e for e in engines if e.startswith("max")]
+    peers = [e for e in engines if not e.startswith("max")]
+    rows = [
+        Row((f"{engines[mode]}, {label}", *(_times(speedup(speed[key], mode, p)) for p in peers)))
+        for mode in modes
+        for key, label in measures
+    ]
+    return Table(("MAX speed-up (peer time / MAX time)", *(engines[p] for p in peers)), rows)
+
+
+def _spread(measure: dict[str, Any], engine: str) -> str:
+    runs = measure.get("runs", {}).get(engine)
     return f" ({_fixed(min(runs))}–{_fixed(max(runs))})" if runs else ""
 
 
-def speedup(pair: dict[str, float | None]) -> float | None:
-    """PyTorch time over MAX time: above 1 means MAX is faster; None when either is missing."""
-    torch_time, max_time = pair.get("torch"), pair.get("max")
-    if not torch_time or not max_time:
-        return None
-    return torch_time / max_time
+def speedup(measure: dict[str, Any], mode: str = "max", peer: str = "torch") -> float | None:
+    """``peer``'s time over MAX ``mode``'s: above 1 means MAX is faster; None when missing."""
+    return measure.get("speedup", {}).get(mode, {}).get(peer)
 
 
 def _times(ratio: float | None) -> str:
     return "—" if ratio is None else f"{ratio:.2f}×"
+
+
+PEER_COLUMNS = (
+    "engine",
+    "encoder rel_l2",
+    "encoder 1−min frame cos",
+    "teacher-forced top-1",
+    "max KL",
+    "max |Δ logit|",
+    "transcripts token-equal to PyTorch",
+    "WER vs true text",
+)
+
+
+def _peers_section(document: dict[str, Any]) -> Section | None:
+    """MAX's drift and each CTranslate2 compute type's, against PyTorch, on the same inputs."""
+    peers = document.get("peers")
+    if not peers:
+        return None
+    if "skipped" in peers:
+        return Section("Peers: CTranslate2", [f"Not compared: {peers['skipped']}."])
+    wer = document.get("wer") or {}
+    first = "speech" if "speech" in wer else next(iter(wer), None)
+    rows = [
+        _peer_row(
+            f"MAX {document['dtype']}",
+            document["encoder"]["fused"],
+            peers["max"]["teacher_forced"],
+            document["transcripts"],
+            wer.get(first, {}).get("max"),
+        )
+    ]
+    for name, described in peers["engines"].items():
+        peer = peers[name]
+        rows.append(
+            _peer_row(
+                described["label"],
+                peer["encoder"],
+                peer["teacher_forced"],
+                peer["transcripts"],
+                peer["wer"].get(first, {}).get(name),
+            )
+        )
+    steps = peers["max"]["teacher_forced"]["steps"]
+    bullets = [
+        "Each engine against PyTorch float32 on the same checkpoint and inputs: the encoder on "
+        f"the report's window, the decoder teacher-forced on its true text ({steps} positions, "
+        f"from position {peers['teacher_forced_from_step']}: CTranslate2 gives no logits of "
+        "the prompt), the transcripts of the clips above.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in peers.get("versions", {}).items()),
+    ]
+    if first:
+        torch_wer = wer[first]["torch"]
+        bullets.append(f"WER: {CLIP_SETS.get(first, first)}, pooled; PyTorch {torch_wer:.1%}.")
+    title = "Peers: CTranslate2 (faster-whisper's engine)"
+    return Section(title, bullets, [Table(PEER_COLUMNS, rows)])
+
+
+def _peer_row(
+    label: str,
+    encoder: dict[str, Any],
+    teacher_forced: dict[str, Any],
+    transcripts: list[dict[str, Any]],
+    wer: float | None,
+) -> Row:
+    equal = sum(bool(t["tokens_equal"]) for t in transcripts)
+    return Row(
+        (
+            label,
+            _sci(encoder["rel_l2"]),
+            _one_minus(encoder["min_frame_cosine"]),
+            f"{teacher_forced['top1_agreement']:.2%}",
+            _sci(teacher_forced["max_kl"]),
+            _sci(teacher_forced["max_abs_logit"]),
+            f"{equal} / {len(transcripts)}",
+            "—" if wer is None else f"{wer:.1%}",
+        )
+    )
 
 
 class Isolated(NamedTuple):

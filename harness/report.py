@@ -18,18 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import whisper
 
-from harness import tolerances, tracer
+from harness import ctranslate2_peer, tolerances, tracer
 from harness.audio import load_audio
 from harness.checkpoints import Checkpoint
+from harness.ctranslate2_peer import CTranslate2Whisper
 from harness.decoder_parity import decoder_parity, teacher_tokens
+from harness.errors import HarnessError
 from harness.language import compare_languages
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.metrics import compare
 from harness.noise_floor import Float64Reference
 from harness.outputs import write_outputs
 from harness.parity import Progress, encoder_parity
+from harness.peer_parity import peer_parity
 from harness.progress import silent
 from harness.speed import Plan, measure
 from harness.tolerances import Tolerances
@@ -58,6 +62,7 @@ def build(
     audio: list[Path] | None = None,
     progress: Progress = silent,
     speed: Plan | None = None,
+    peers: bool = True,
 ) -> dict[str, Any]:
     """Run every comparison for ``checkpoint`` and return the ``parity.json`` document.
 
@@ -65,7 +70,9 @@ def build(
     ``DEFAULT_AUDIO``; transcripts on every clip of ``audio`` (default: the fixture clips).
     Each of those stages is also recomputed in float64 (cheap next to MAX's compiles): the
     reference's noise floor (``noise_floor``) and the arbiter's verdict on MAX (``arbiter``).
-    With a ``speed`` plan, PyTorch and MAX are then timed side by side (``speed.py``).
+    With ``peers`` (CPU, float32), CTranslate2 float32 and int8 run the same checkpoint through
+    the same comparisons (``peer_parity.py``). With a ``speed`` plan, PyTorch, MAX and the peers
+    are then timed side by side (``speed.py``).
     """
     limits = tolerances.load(dtype)
     clips = load_clips(audio or fixture_clips())
@@ -77,6 +84,7 @@ def build(
     progress("PyTorch reference: tracing the encoder")
     reference = tracer.trace_encoder(checkpoint.model.encoder, mel[None])
     speech = min(1.0, len(samples) / whisper.audio.N_SAMPLES)
+    tokens = teacher_tokens(checkpoint, true_text(DEFAULT_AUDIO) or "")
     float64 = Float64Reference(checkpoint.model, reference["ln_post"])
     document = {
         "schema": SCHEMA,
@@ -95,7 +103,7 @@ def build(
                 checkpoint,
                 candidate.text_decoder,
                 reference["ln_post"],
-                teacher_tokens(checkpoint, true_text(DEFAULT_AUDIO) or ""),
+                tokens,
                 limits,
                 progress,
                 float64,
@@ -108,11 +116,30 @@ def build(
     languages = compare_languages(checkpoint, candidate, clips, progress)
     if languages is not None:
         document["language"] = languages
+    engines, skipped = peer_engines(checkpoint, device, dtype) if peers else ([], "not asked for")
+    if engines:
+        document["peers"] = peer_parity(
+            checkpoint, engines, mel[None], reference["ln_post"], tokens, document, clips, progress
+        )
+    else:
+        document["peers"] = {"skipped": skipped}
     if speed:
-        document["speed"] = measure(checkpoint, candidate, speed, progress)
+        document["speed"] = measure(checkpoint, candidate, speed, progress, engines)
     document["compile_s"] = engine.compile_seconds
     document["verdict"] = verdict(document)
     return document
+
+
+def peer_engines(
+    checkpoint: Checkpoint, device: str, dtype: str
+) -> tuple[list[CTranslate2Whisper], str | None]:
+    """CTranslate2 float32 and int8 on ``checkpoint``, or none and the reason."""
+    if device != "cpu" or dtype != "float32":
+        return [], "CTranslate2 is compared on the CPU with float32 models only"
+    try:
+        return ctranslate2_peer.peers(checkpoint, torch.get_num_threads()), None
+    except HarnessError as unavailable:
+        return [], str(unavailable)
 
 
 def mel_section(

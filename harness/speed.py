@@ -1,20 +1,24 @@
-"""Speed, side by side: PyTorch and MAX on the same checkpoint, audio, device and thread count.
+"""Speed, side by side: PyTorch, MAX and CTranslate2 on the same checkpoint, audio and threads.
 
-Every figure is the median of several timed runs after an untimed warm-up, and the two backends'
-runs alternate (PyTorch, MAX, PyTorch, ...) so that a noisy neighbour on a shared machine slows
-both alike. The runs themselves are kept in the document: the spread is part of the result.
+Every figure is the median of several timed runs after an untimed warm-up, and the backends'
+runs take turns (PyTorch, MAX, CTranslate2 float32, CTranslate2 int8, PyTorch, ...) so that a
+noisy neighbour on a shared machine slows all alike. The runs themselves are kept in the
+document: the spread is part of the result. Ratios are given from every MAX mode to every peer.
 
 * ``encoder_ms``: one 30 s window, batch 1, mel in, audio features out.
 * ``decode_ms_per_token``: greedy decoding with the KV cache, a fixed number of tokens after the
-  prompt, through each backend's ``Inference`` (the same loop, argmax in PyTorch for both).
-* ``end_to_end_rtf``: audio file to text (``whisper.transcribe``) over the clip's duration.
+  prompt, from the same audio features. PyTorch and MAX run openai-whisper's ``Inference`` loop
+  (argmax in PyTorch for both); CTranslate2 its own ``generate`` with the end of text suppressed,
+  timed as the marginal cost per token (``ctranslate2_peer``).
+* ``end_to_end_rtf``: audio file to text over the clip's duration: ``whisper.transcribe`` for
+  PyTorch and MAX, faster-whisper's ``transcribe`` for CTranslate2, greedy at temperature 0.
 * ``compile_s``: MAX compiling the fused encoder graph with a warm disk cache, and, on request,
   with an empty one (``cold``, a minute or more on 2 cores, so ``None`` unless asked for).
 * ``load_s``: PyTorch building the model from the checkpoint file, MAX binding the weights of its
-  already compiled graphs; reported apart from execution.
+  already compiled graphs, CTranslate2 loading its folder; reported apart from execution.
 
 With ``dtype`` bfloat16 PyTorch runs under ``torch.autocast`` (its CPU/GPU bfloat16 path) and MAX
-with bfloat16 weights and activations.
+with bfloat16 weights and activations; CTranslate2 is compared with float32 models on the CPU.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,7 @@ from whisper.decoding import Inference, PyTorchInference
 from harness import checkpoints
 from harness.audio import load_audio
 from harness.checkpoints import Checkpoint
+from harness.ctranslate2_peer import CTranslate2Whisper
 from harness.decoder_parity import tokenizer
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
 from harness.max_whisper.engine import DTYPES, Engine
@@ -49,7 +55,7 @@ from harness.transcribe import MaxWhisper, transcribe
 
 @dataclass(frozen=True)
 class Plan:
-    """What to time: the clip for the end-to-end run, and how much."""
+    """What to time: the clip for the end-to-end run, how much, and against which peers."""
 
     clip: Path
     runs: int = 5
@@ -57,18 +63,37 @@ class Plan:
     cold_compile: bool = False  # a minute or more on 2 cores
 
 
+@dataclass(frozen=True)
+class Backend:
+    """One engine as the timer sees it: the three measures, each a call on shared inputs."""
+
+    name: str  # its key in parity.json: torch, max, ct2-float32, ct2-int8
+    label: str
+    encode: Callable[[torch.Tensor], Any]  # (1, n_mels, 3000) mel
+    decode_seconds: Callable[[torch.Tensor, torch.Tensor, int], float]  # prompt, features, n
+    transcribe: Callable[[Path], Any]
+
+
 def measure(
-    checkpoint: Checkpoint, candidate: MaxWhisper, plan: Plan, progress: Progress = silent
+    checkpoint: Checkpoint,
+    candidate: MaxWhisper,
+    plan: Plan,
+    progress: Progress = silent,
+    peers: Sequence[CTranslate2Whisper] = (),
 ) -> dict[str, Any]:
-    """The ``speed`` section of ``parity.json`` for ``checkpoint`` (PyTorch) vs ``candidate``."""
+    """The ``speed`` section of ``parity.json``: PyTorch, ``candidate`` (MAX) and ``peers``
+    (CTranslate2 at each compute type), on the same checkpoint."""
     engine = candidate.engine
     reference = Reference(checkpoint.model, engine.device, engine.dtype.name)
     candidate.load()
+    backends = [torch_backend(reference), max_backend(candidate)]
+    backends += [ctranslate2_backend(peer) for peer in peers]
     try:
         return {
             "threads": torch.get_num_threads(),
             "runs": plan.runs,
-            **_execution(checkpoint, candidate, reference, plan, progress),
+            "engines": {b.name: b.label for b in backends},
+            **_execution(checkpoint, backends, plan, progress),
             "compile_s": {
                 "cold": cold_compile_seconds(checkpoint, engine) if plan.cold_compile else None,
                 "warm": encoder_compile_seconds(candidate.audio_encoder),
@@ -76,6 +101,7 @@ def measure(
             "load_s": {
                 "torch": load_seconds(checkpoint),
                 "max": candidate_load_seconds(checkpoint, engine),
+                **{peer.name: peer_load_seconds(peer) for peer in peers},
             },
         }
     finally:
@@ -83,24 +109,17 @@ def measure(
 
 
 def _execution(
-    checkpoint: Checkpoint,
-    candidate: MaxWhisper,
-    reference: Reference,
-    plan: Plan,
-    progress: Progress,
+    checkpoint: Checkpoint, backends: list[Backend], plan: Plan, progress: Progress
 ) -> dict[str, Any]:
     audio = load_audio(plan.clip)
     mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio), checkpoint.dims.n_mels)[None]
     progress("speed: encoder")
-    encoder = side_by_side(
-        lambda: reference.encode(mel), lambda: candidate.encoder(mel), plan.runs, scale=1e3
-    )
-    features = reference.encode(mel)
+    encoder = side_by_side({b.name: partial(b.encode, mel) for b in backends}, plan.runs, 1e3)
+    features = backends[0].encode(mel)
     prompt = transcription_prompt(checkpoint)
     progress(f"speed: decoding {plan.tokens} tokens")
     decode = side_by_side(
-        lambda: reference.decode_seconds(prompt, features, plan.tokens),
-        lambda: decode_seconds(MaxInference(candidate.text_decoder), prompt, features, plan.tokens),
+        {b.name: partial(b.decode_seconds, prompt, features, plan.tokens) for b in backends},
         plan.runs,
         scale=1e3,
         timed_inside=True,
@@ -108,10 +127,7 @@ def _execution(
     progress(f"speed: transcribing {plan.clip.name}")
     duration = len(audio) / whisper.audio.SAMPLE_RATE
     end_to_end = side_by_side(
-        lambda: reference.transcribe(plan.clip),
-        lambda: transcribe(candidate, load_audio(plan.clip)),
-        plan.runs,
-        scale=1 / duration,
+        {b.name: partial(b.transcribe, plan.clip) for b in backends}, plan.runs, 1 / duration
     )
     return {
         "encoder_ms": encoder,
@@ -120,6 +136,42 @@ def _execution(
         "end_to_end_rtf": end_to_end,
         "end_to_end_clip": {"name": plan.clip.name, "seconds": round(duration, 3)},
     }
+
+
+def torch_backend(reference: Reference) -> Backend:
+    return Backend(
+        "torch",
+        f"PyTorch {reference.dtype}",
+        reference.encode,
+        reference.decode_seconds,
+        reference.transcribe,
+    )
+
+
+def max_backend(candidate: MaxWhisper) -> Backend:
+    def max_decode_seconds(prompt: torch.Tensor, features: torch.Tensor, tokens: int) -> float:
+        return decode_seconds(MaxInference(candidate.text_decoder), prompt, features, tokens)
+
+    return Backend(
+        "max",
+        f"MAX {candidate.engine.dtype.name}",
+        candidate.encoder,
+        max_decode_seconds,
+        lambda clip: transcribe(candidate, load_audio(clip)),
+    )
+
+
+def ctranslate2_backend(peer: CTranslate2Whisper) -> Backend:
+    def peer_decode_seconds(prompt: torch.Tensor, features: torch.Tensor, tokens: int) -> float:
+        return peer.decode_seconds(prompt[0].tolist(), features.numpy(), tokens)
+
+    return Backend(
+        peer.name,
+        peer.label,
+        lambda mel: peer.encode(mel.numpy()),
+        peer_decode_seconds,
+        lambda clip: peer.transcribe(load_audio(clip)),
+    )
 
 
 class Reference:
@@ -182,20 +234,20 @@ def decode_seconds(
 
 
 def side_by_side(
-    reference: Callable[[], Any],
-    candidate: Callable[[], Any],
+    backends: dict[str, Callable[[], Any]],
     runs: int,
     scale: float = 1.0,
     timed_inside: bool = False,
 ) -> dict[str, Any]:
-    """Medians and runs of the two, alternating, after one untimed call of each.
+    """Medians and runs of every backend, in turns, after one untimed call of each.
 
     ``timed_inside``: the callables return their own time (seconds), e.g. per token.
     """
-    reference(), candidate()
-    times: dict[str, list[float]] = {"torch": [], "max": []}
+    for function in backends.values():
+        function()
+    times: dict[str, list[float]] = {name: [] for name in backends}
     for _ in range(runs):
-        for name, function in (("torch", reference), ("max", candidate)):
+        for name, function in backends.items():
             start = time.perf_counter()
             inner = function()
             times[name].append((inner if timed_inside else time.perf_counter() - start) * scale)
@@ -203,11 +255,15 @@ def side_by_side(
 
 
 def summary(times: dict[str, list[float]]) -> dict[str, Any]:
+    """``median`` and ``runs`` per backend; ``speedup[m][p]``: how many times faster MAX mode
+    ``m`` is than peer ``p`` (p's median over m's), for every MAX mode and every other engine."""
     medians = {name: statistics.median(runs) for name, runs in times.items()}
+    modes = [name for name in medians if name.startswith("max")]
+    peers = [name for name in medians if not name.startswith("max")]
     return {
-        **medians,
-        "speedup": medians["torch"] / medians["max"],
+        "median": medians,
         "runs": {name: [float(f"{t:.4g}") for t in runs] for name, runs in times.items()},
+        "speedup": {m: {p: medians[p] / medians[m] for p in peers} for m in modes},
     }
 
 
@@ -241,6 +297,13 @@ def cold_compile_seconds(checkpoint: Checkpoint, engine: Engine) -> float:
 def load_seconds(checkpoint: Checkpoint) -> float:
     start = time.perf_counter()
     checkpoints.load(str(checkpoint.path))
+    return time.perf_counter() - start
+
+
+def peer_load_seconds(peer: CTranslate2Whisper) -> float:
+    """CTranslate2 reading its model folder (and quantising it, for int8)."""
+    start = time.perf_counter()
+    _ = replace(peer).model  # a new instance: its model is not loaded yet
     return time.perf_counter() - start
 
 

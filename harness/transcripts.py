@@ -108,22 +108,24 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def corpus_wer(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def corpus_wer(
+    entries: list[dict[str, Any]], backends: tuple[str, ...] = ("torch", "max")
+) -> dict[str, dict[str, Any]]:
     """Per clip set, word error rate against the true text over its clips that have one: all
     their word errors over all their words (a per-clip mean would let a two-word clip weigh
-    like a page)."""
+    like a page). ``entries[i][backend]["text"]`` is each backend's transcript."""
     sets: dict[str, list[dict[str, Any]]] = {}
     for e in entries:
         if e["reference_text"]:
             sets.setdefault(e["clip_set"], []).append(e)
-    return {name: _pooled_wer(scored) for name, scored in sets.items()}
+    return {name: _pooled_wer(scored, backends) for name, scored in sets.items()}
 
 
-def _pooled_wer(scored: list[dict[str, Any]]) -> dict[str, Any]:
+def _pooled_wer(scored: list[dict[str, Any]], backends: tuple[str, ...]) -> dict[str, Any]:
     truth = [words(e["reference_text"]) for e in scored]
     total = sum(len(t) for t in truth)
     summary: dict[str, Any] = {"clips": len(scored), "words": total}
-    for backend in ("torch", "max"):
+    for backend in backends:
         errors = [
             edit_distance(words(e[backend]["text"]), t) for e, t in zip(scored, truth, strict=True)
         ]

@@ -118,16 +118,41 @@ def test_json_is_replaced_whole_or_not_at_all(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["faults.json"]
 
 
-def test_report_times_pytorch_and_max_side_by_side(report_dir):
+def test_report_times_pytorch_max_and_ctranslate2_side_by_side(report_dir):
     speed = json.loads((report_dir / "parity.json").read_text())["speed"]
     assert speed["threads"] >= 1 and speed["decode_tokens"] > 0
+    engines = ["torch", "max", "ct2-float32", "ct2-int8"]
+    assert list(speed["engines"]) == engines
     for measure in ("encoder_ms", "decode_ms_per_token", "end_to_end_rtf"):
-        pair = speed[measure]
-        assert len(pair["runs"]["torch"]) == len(pair["runs"]["max"]) == speed["runs"]
-        for backend in ("torch", "max"):
-            assert min(pair["runs"][backend]) <= pair[backend] <= max(pair["runs"][backend])
-        assert pair["speedup"] == pytest.approx(pair["torch"] / pair["max"])
+        timed = speed[measure]
+        for engine in engines:
+            runs = timed["runs"][engine]
+            assert len(runs) == speed["runs"]
+            assert min(runs) <= timed["median"][engine] <= max(runs)
+        for peer in ("torch", "ct2-float32", "ct2-int8"):
+            ratio = timed["median"][peer] / timed["median"]["max"]
+            assert timed["speedup"]["max"][peer] == pytest.approx(ratio)
     assert speed["compile_s"]["cold"] is None and speed["compile_s"]["warm"] > 0
-    assert speed["load_s"]["torch"] > 0 and speed["load_s"]["max"] > 0
+    assert all(speed["load_s"][engine] > 0 for engine in engines)
     text = (report_dir / "report.md").read_text()
     assert "## Speed" in text and "decoding (ms per token)" in text
+    assert "| MAX float32, encoder, 30 s window (ms) |" in text
+
+
+def test_report_compares_ctranslate2_with_pytorch_as_it_does_max(report_dir):
+    document = json.loads((report_dir / "parity.json").read_text())
+    peers = document["peers"]
+    assert list(peers["engines"]) == ["ct2-float32", "ct2-int8"]
+    steps = document["decoder"]["teacher_forced"]["steps"] - peers["teacher_forced_from_step"]
+    assert peers["max"]["teacher_forced"]["steps"] == steps
+    for name in peers["engines"]:
+        peer = peers[name]
+        assert peer["teacher_forced"]["steps"] == steps
+        assert len(peer["transcripts"]) == len(document["transcripts"])
+    # float32 CTranslate2 runs the very same weights: float32 round-off from PyTorch
+    assert peers["ct2-float32"]["encoder"]["rel_l2"] < 1e-5
+    assert peers["ct2-float32"]["teacher_forced"]["top1_agreement"] == 1.0
+    # int8 weights are not the checkpoint's: their error is orders of magnitude larger
+    assert peers["ct2-int8"]["encoder"]["rel_l2"] > 100 * peers["ct2-float32"]["encoder"]["rel_l2"]
+    text = (report_dir / "report.md").read_text()
+    assert "## Peers: CTranslate2" in text and "| CTranslate2 int8 |" in text

@@ -37,11 +37,18 @@ def test_side_by_side_alternates_the_backends_and_reports_medians():
 
         return run
 
-    result = side_by_side(backend("torch"), backend("max"), runs=3, scale=10, timed_inside=True)
-    assert calls == ["torch", "max"] * 4  # one untimed warm-up each, then alternating
-    assert result["runs"] == {"torch": [30, 50, 70], "max": [40, 60, 80]}
-    assert (result["torch"], result["max"]) == (50, 60)
-    assert result["speedup"] == pytest.approx(50 / 60)
+    names = ("torch", "max", "ct2-int8")
+    backends = {name: backend(name) for name in names}
+    result = side_by_side(backends, runs=3, scale=10, timed_inside=True)
+    assert calls == list(names) * 4  # one untimed warm-up each, then in turns
+    assert result["runs"] == {
+        "torch": [40, 70, 100],
+        "max": [50, 80, 110],
+        "ct2-int8": [60, 90, 120],
+    }
+    assert result["median"] == {"torch": 70, "max": 80, "ct2-int8": 90}
+    # every MAX mode against every peer: the peer's median over MAX's
+    assert result["speedup"] == {"max": {"torch": 70 / 80, "ct2-int8": 90 / 80}}
 
 
 # -- benchmarks (make bench) ---------------------------------------------------------------------
