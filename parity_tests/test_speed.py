@@ -1,8 +1,9 @@
 """Speed: how the side-by-side timer computes its figures, and pytest-benchmark benchmarks.
 
 The benchmarks are skipped by default (``--benchmark-skip`` in pyproject.toml); run them with
-``make bench`` (synthetic:tiny, CPU, float32; ``BENCH_MODEL``/``BENCH_DTYPE`` to change). The
-report's own speed section (``parity.json["speed"]``) is checked in test_cli.py.
+``make bench`` (pretrained tiny.en, CPU, float32; ``BENCH_MODEL``/``BENCH_DTYPE`` to change):
+PyTorch, MAX and, in float32, CTranslate2 float32 and int8 (faster-whisper's engine) on the same
+weights. The report's own speed section (``parity.json["speed"]``) is checked in test_cli.py.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from collections.abc import Callable
 from itertools import count
 
 import pytest
+import torch
 import whisper
 
+from harness import ctranslate2_peer
 from harness.audio import load_audio
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.max_whisper.inference import MaxInference
@@ -21,7 +24,7 @@ from harness.report import DEFAULT_AUDIO
 from harness.speed import Reference, decode_seconds, side_by_side, transcription_prompt
 from harness.transcribe import MaxWhisper
 
-BENCH_MODEL = os.environ.get("BENCH_MODEL", "synthetic:tiny")
+BENCH_MODEL = os.environ.get("BENCH_MODEL", "tiny.en")
 BENCH_DTYPE = os.environ.get("BENCH_DTYPE", "float32")
 TOKENS = 32
 
@@ -95,3 +98,27 @@ def test_bench_decode_max(benchmark, bench):
     candidate, _, _, features, prompt = bench
     inference = MaxInference(candidate.text_decoder)
     _pedantic(benchmark, lambda: decode_seconds(inference, prompt, features, TOKENS))
+
+
+@pytest.fixture(scope="module", params=ctranslate2_peer.COMPUTE_TYPES)
+def peer(request, bench, load_checkpoint):
+    if BENCH_DTYPE != "float32":
+        pytest.skip("CTranslate2 is compared with float32 models")
+    peers = ctranslate2_peer.peers(load_checkpoint(BENCH_MODEL), torch.get_num_threads())
+    return next(p for p in peers if p.compute_type == request.param)
+
+
+@pytest.mark.benchmark(group="encoder, 30 s window")
+def test_bench_encoder_ctranslate2(benchmark, bench, peer):
+    mel = bench[2].numpy()
+    _pedantic(benchmark, lambda: peer.encode(mel))
+
+
+@pytest.mark.benchmark(group=f"greedy decoding with KV cache: prompt + {TOKENS} tokens per run")
+def test_bench_decode_ctranslate2(benchmark, bench, peer):
+    """CTranslate2's ``generate`` of the same prompt and token count, the end of text suppressed
+    (its whole call: the prompt's forward pass included, unlike the marginal per-token figure
+    of the report)."""
+    _, _, _, features, prompt = bench
+    args = (features.numpy(), prompt[0].tolist(), TOKENS)
+    _pedantic(benchmark, lambda: peer.generate(*args, suppress_tokens=[peer.eot]))
