@@ -11,7 +11,10 @@ from dataclasses import dataclass, replace
 
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorValue, Weight, ops
+from max.graph.quantization import QuantizationEncoding
 
+from harness.max_whisper import quantized
+from harness.max_whisper.quantized import FLOAT32, WeightsMode
 from harness.max_whisper.variant import Variant
 
 
@@ -29,17 +32,32 @@ class Scope:
     variant: Variant = Variant()
     placeholder: bool = False  # inside a subgraph: names get the caller's prefix (ops.call)
     few_rows: bool = False  # decoding: linear weights as stored, (out, in), see ``linear``
+    weights_mode: WeightsMode = FLOAT32  # decoding: how the matrices are stored (quantized.py)
 
     def __truediv__(self, name: str | int) -> Scope:
         return replace(self, prefix=f"{self.prefix}.{name}" if self.prefix else str(name))
 
-    def weight(self, name: str, shape: list[int]) -> Weight:
+    def weight(
+        self,
+        name: str,
+        shape: list[int],
+        dtype: DType | None = None,
+        encoding: QuantizationEncoding | None = None,
+    ) -> Weight:
         """The weight ``name`` of this scope, declared once per graph however often it is read
-        (the ``key_bias`` fault reads the value's bias twice; MAX rejects a second declaration)."""
+        (the ``key_bias`` fault reads the value's bias twice; MAX rejects a second declaration).
+        ``dtype`` defaults to the scope's; ``encoding`` marks a quantised one (quantized.py)."""
         full = f"{self.prefix}.{name}" if self.prefix else name
         if declared := Graph.current._weights.get(full):
             return declared.weight
-        return Weight(full, self.dtype, shape, self.device, _placeholder=self.placeholder)
+        return Weight(
+            full,
+            dtype or self.dtype,
+            shape,
+            self.device,
+            quantization_encoding=encoding,
+            _placeholder=self.placeholder,
+        )
 
 
 def linear(scope: Scope, x: TensorValue, n_in: int, n_out: int, bias: bool = True) -> TensorValue:
@@ -48,11 +66,16 @@ def linear(scope: Scope, x: TensorValue, n_in: int, n_out: int, bias: bool = Tru
     In a ``few_rows`` scope (a decoding step: one row per beam) it is ``(weight @ xᵀ)ᵀ`` on the
     weight as PyTorch stores it, (n_out, n_in): MAX runs that matrix-vector product about 2.5x
     faster on this CPU, and at one row the transposes cost nothing. ``weights.py`` lays the
-    weights out accordingly.
+    weights out accordingly. A ``few_rows`` scope whose ``weights_mode`` quantises the linear
+    layers reads the weight in that encoding instead (``quantized.project``).
     """
     if scope.few_rows:
         rows = ops.reshape(x, [-1, n_in])
-        y = ops.permute(scope.weight("weight", [n_out, n_in]) @ ops.permute(rows, [1, 0]), [1, 0])
+        if scope.weights_mode.quantizes_linear:
+            y = quantized.project(scope.weight, rows, "weight", n_out, scope.weights_mode.encoding)
+        else:
+            w = scope.weight("weight", [n_out, n_in])
+            y = ops.permute(w @ ops.permute(rows, [1, 0]), [1, 0])
         y = ops.reshape(y, [*x.shape[:-1], n_out])
     else:
         y = x @ scope.weight("weight", [n_in, n_out])

@@ -7,11 +7,16 @@ PyTorch activation (isolated) or MAX's own previous output (chained), over a who
 Decoding uses two other graphs instead: ``cross_kv`` (every block's cross-attention K/V, once per
 audio) and ``step`` (the whole decoder on the new tokens, updating the self-attention cache in
 place). Both caches stay on the device between steps, as MAX buffers; one step is one execute.
+
+``weights`` names how the step graph stores its matrices (``quantized.WeightsMode``): float32 by
+default, exactly as before; ``float16``, ``q4_0`` ... for speed, with drift. Its graph name
+carries the mode (``..._wq4_0``), so each mode compiles and caches once. Teacher-forced logits
+under a mode come from ``logits`` fed the whole sequence (the step takes n tokens at once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -19,12 +24,15 @@ import torch
 from max.driver import Buffer
 from max.dtype import DType
 from max.graph import BufferType, DeviceRef, Graph, TensorType, Value, ops
+from whisper.model import ModelDimensions
 
 from harness.max_whisper import decoder
 from harness.max_whisper.audio_encoder import Stage
-from harness.max_whisper.engine import to_numpy
+from harness.max_whisper.engine import Engine, to_numpy
 from harness.max_whisper.graphs import BoundGraphs
 from harness.max_whisper.layers import Scope
+from harness.max_whisper.quantized import FLOAT32, WeightsMode
+from harness.max_whisper.variant import FAITHFUL, Variant
 from harness.max_whisper.weights import registry
 
 Build = Callable[[Scope, Sequence[Value]], list]
@@ -37,6 +45,9 @@ class MaxTextDecoder(BoundGraphs):
 
     The cached path holds the decoding state: the audio's cross K/V, the self-attention cache and
     ``offset``, the number of positions cached. ``reset()`` starts a new sequence.
+
+    ``weights``: the step graph's weights mode, a ``WeightsMode`` or its spec (``"float32"``,
+    ``"q4_0"``, ``"float16:logits"``, see ``WeightsMode.parse``).
     """
 
     family = "decoder"
@@ -44,6 +55,17 @@ class MaxTextDecoder(BoundGraphs):
     offset: int = 0
     _kv: list[Buffer] | None = None
     _cache: list[Buffer] = []  # never mutated in place: _allocate_cache assigns a new list
+
+    def __init__(
+        self,
+        dims: ModelDimensions,
+        state_dict: Mapping[str, torch.Tensor],
+        engine: Engine,
+        variant: Variant = FAITHFUL,
+        weights: WeightsMode | str = FLOAT32,
+    ) -> None:
+        super().__init__(dims, state_dict, engine, variant)
+        self.weights_mode = WeightsMode.parse(weights)
 
     # -- stages, whole sequence, no cache -------------------------------------------------------
 
@@ -169,9 +191,15 @@ class MaxTextDecoder(BoundGraphs):
             shape += f"l{d.n_text_layer}"
         return shape
 
+    def graph_name(self, kind: str) -> str:
+        """As every graph's, plus the weights mode for the step (nothing for float32)."""
+        return super().graph_name(kind) + (self.weights_mode.tag if kind == "step" else "")
+
     def graph(self, kind: str) -> Graph:
         scope = Scope("", self.engine.dtype, self.engine.device_ref, self.variant)
         scope = replace(scope, few_rows=kind in FEW_ROWS)
+        if kind == "step":
+            scope = replace(scope, weights_mode=self.weights_mode)
         input_types, build = self._builders(scope)[kind]
         with Graph(self.graph_name(kind), input_types=input_types) as graph:
             graph.output(*build(scope, graph.inputs))

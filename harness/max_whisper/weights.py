@@ -4,6 +4,10 @@ MAX graphs declare weights under openai-whisper's own names; only the layout dif
 ``nn.Linear`` weights are stored pre-transposed to (in, out) because transposing a runtime
 weight inside the graph is slow, and ``nn.Conv1d`` weights (out, in, k) become conv2d's RSCF
 (1, k, in, out). Everything else (layer norms, biases, embeddings) is used as is.
+
+A name with an encoding suffix (``token_embedding.weight.q4_0``, ``mlp.0.weight.float16``) is a
+decoding step's copy of that matrix in (n_out, n_in) layout, stored in that encoding
+(``quantized.py``), derived here from the checkpoint's float tensor.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import re
 from collections.abc import Iterable, Mapping
 
 import torch
+
+from harness.max_whisper import quantized
 
 LINEAR_WEIGHT = re.compile(r"\.(query|key|value|out|mlp\.0|mlp\.2)\.weight$")
 CONV_WEIGHT = re.compile(r"(^|\.)conv[12]\.weight$")
@@ -40,8 +46,13 @@ def registry(
     """
     weights = {}
     for name in names:
-        key = prefix + name
+        stored = quantized.SUFFIX.match(name)
+        key = prefix + (stored.group(1) if stored else name)
         if key not in state_dict:
             raise KeyError(f"checkpoint has no tensor {key!r}")
-        weights[name] = to_max_layout(key, state_dict[key], few_rows).to(dtype).contiguous()
+        if stored:  # always (n_out, n_in): the few_rows layout
+            tensor = to_max_layout(key, state_dict[key], few_rows=True)
+            weights[name] = quantized.layout(tensor, stored.group(2))
+        else:
+            weights[name] = to_max_layout(key, state_dict[key], few_rows).to(dtype).contiguous()
     return weights

@@ -1,0 +1,308 @@
+"""Quantised weights for the decoding step: GGML block formats that MAX's ``ops.qmatmul`` reads.
+
+MAX 26.7 multiplies float32 activations by weights packed in three GGML block formats on CPU
+(``max.graph.ops.qmatmul``; it ships no quantiser, only ``ops.dequantize``, which the tests use
+to check this packing). A packed weight of an (n_out, n_in) float matrix is uint8
+(n_out, n_in / elements_per_block * block_size), one row per output, blocks along the input:
+
+* ``q4_0``: blocks of 32, an fp16 scale ``d`` and 32 4-bit codes, x = d (q - 8) (18 bytes);
+* ``q4_k``: super-blocks of 256 in 8 sub-blocks of 32, 6-bit scale and min per sub-block under
+  fp16 ``d`` and ``dmin``, x = d sc q - dmin m (144 bytes);
+* ``q6_k``: super-blocks of 256 in 16 sub-blocks of 16, int8 scale per sub-block under fp16
+  ``d``, 6-bit codes, x = d sc (q - 32) (210 bytes).
+
+The quantisers are round-to-nearest (llama.cpp's reference rounding for q4_0; for the k-quants
+plain min/max scales without llama.cpp's search for the best scale). The k-quants need
+``n_in`` to be a multiple of 256: ``pad_columns`` pads a weight (and the graph pads the
+activation) with zero columns, which add nothing to the product.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from max.dtype import DType
+from max.graph import TensorValue, Weight, ops
+from max.graph.quantization import QuantizationEncoding
+
+ENCODINGS = {
+    "q4_0": QuantizationEncoding.Q4_0,
+    "q4_k": QuantizationEncoding.Q4_K,
+    "q6_k": QuantizationEncoding.Q6_K,
+}
+HALF = {"float16": DType.float16, "bfloat16": DType.bfloat16}
+TORCH_HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+MODES = ("float32", *HALF, *ENCODINGS)
+ROWS = 32  # MAX's q4_0/q4_k/q6_k kernels need a multiple of 32 output rows
+SUFFIX = re.compile(r"^(.*)\.(" + "|".join([*HALF, *ENCODINGS]) + r")$")
+
+
+@dataclass(frozen=True)
+class WeightsMode:
+    """How the decoding step stores its matrices.
+
+    ``encoding``: ``float32`` (the default, today's exact graph), ``float16`` / ``bfloat16``
+    (half-precision weights, the activations cast to match) or a GGML block encoding read by
+    ``ops.qmatmul``. ``linear``: every linear layer of the step graph in that encoding too, not
+    only the logits product with the token embedding. Only the step graph reads the mode; the
+    stage graphs (parity) and the cross K/V graph stay float32.
+    """
+
+    encoding: str = "float32"
+    linear: bool = True
+
+    def __post_init__(self) -> None:
+        if self.encoding not in MODES:
+            raise ValueError(f"unknown weights mode {self.encoding!r}: one of {', '.join(MODES)}")
+
+    @property
+    def exact(self) -> bool:
+        return self.encoding == "float32"
+
+    @property
+    def quantizes_linear(self) -> bool:
+        return self.linear and not self.exact
+
+    @property
+    def tag(self) -> str:
+        """The mode in graph names: empty for float32, whose names stay as they were."""
+        if self.exact:
+            return ""
+        return f"_w{self.encoding}" + ("" if self.linear else "logits")
+
+    @property
+    def spec(self) -> str:
+        if self.exact:
+            return "float32"
+        return self.encoding + ("" if self.linear else ":logits")
+
+    @classmethod
+    def parse(cls, spec: str | WeightsMode) -> WeightsMode:
+        """``float32``, ``q4_0`` (logits and every linear layer) or ``q4_0:logits`` (the
+        logits product only); likewise for every encoding in ``MODES``."""
+        if isinstance(spec, WeightsMode):
+            return spec
+        encoding, _, part = spec.partition(":")
+        if part not in ("", "logits"):
+            raise ValueError(f"unknown weights mode {spec!r}: '<encoding>' or '<encoding>:logits'")
+        return cls(encoding, linear=part != "logits")
+
+
+FLOAT32 = WeightsMode()
+
+
+def project(
+    weight: Callable[..., Weight],
+    x: TensorValue,
+    name: str,
+    n_out: int,
+    encoding: str,
+) -> TensorValue:
+    """``x @ Wᵀ`` for the (rows, n_in) float32 ``x`` and the (n_out, n_in) matrix ``name``
+    stored in ``encoding``; (rows, n_out) float32.
+
+    ``weight(name, shape, dtype, encoding)`` declares a weight of the caller's scope, here
+    ``<name>.<encoding>``: the registry (``weights.py``) derives it from the float32 tensor.
+    """
+    n_in = int(x.shape[-1])
+    if encoding in HALF:
+        w = weight(f"{name}.{encoding}", [n_out, n_in], HALF[encoding])
+        y = w @ ops.permute(ops.cast(x, HALF[encoding]), [1, 0])  # matrix-vector, as linear
+        return ops.cast(ops.permute(y, [1, 0]), DType.float32)
+    q = ENCODINGS[encoding]
+    columns, rows = padded_columns(n_in, encoding), padded_rows(n_out)
+    if columns > n_in:
+        x = ops.pad(x, [0, 0, 0, columns - n_in])
+    shape = [rows, columns // q.elements_per_block * q.block_size]
+    w = weight(f"{name}.{encoding}", shape, DType.uint8, q)
+    y = ops.qmatmul(q, None, x, w)
+    return y if rows == n_out else ops.slice_tensor(y, [slice(None), slice(0, n_out)])
+
+
+def layout(tensor: torch.Tensor, encoding: str) -> torch.Tensor:
+    """The stored form of an (n_out, n_in) float matrix in ``encoding`` (see ``project``)."""
+    if encoding in HALF:
+        return tensor.to(TORCH_HALF[encoding]).contiguous()
+    w = tensor.detach().to(torch.float32).numpy()
+    rows = padded_rows(w.shape[0])
+    if rows > w.shape[0]:
+        w = np.concatenate([w, np.zeros((rows - w.shape[0], w.shape[1]), np.float32)])
+    return torch.from_numpy(quantize(w, encoding))
+
+
+def padded_rows(n_out: int) -> int:
+    return -(-n_out // ROWS) * ROWS
+
+
+def padded_columns(n_in: int, encoding: str) -> int:
+    """``n_in`` rounded up to a whole number of the encoding's blocks."""
+    block = ENCODINGS[encoding].elements_per_block
+    return -(-n_in // block) * block
+
+
+def pad_columns(weight: np.ndarray, encoding: str) -> np.ndarray:
+    n_out, n_in = weight.shape
+    padded = padded_columns(n_in, encoding)
+    if padded == n_in:
+        return weight
+    return np.concatenate([weight, np.zeros((n_out, padded - n_in), weight.dtype)], axis=1)
+
+
+def quantize(weight: np.ndarray, encoding: str) -> np.ndarray:
+    """The (n_out, n_in) float ``weight`` packed as uint8 rows in ``encoding`` (padded first)."""
+    w = pad_columns(np.asarray(weight, dtype=np.float32), encoding)
+    n_out, n_in = w.shape
+    n_blocks = n_in // ENCODINGS[encoding].elements_per_block
+    pack = {"q4_0": _q4_0, "q4_k": _q4_k, "q6_k": _q6_k}[encoding]
+    blocks = pack(w.reshape(n_out * n_blocks, -1))
+    return np.ascontiguousarray(blocks.reshape(n_out, -1))
+
+
+def dequantize(packed: np.ndarray, encoding: str, n_in: int | None = None) -> np.ndarray:
+    """The float32 values ``packed`` stands for (first ``n_in`` columns): the numpy twin of
+    ``ops.dequantize``, to measure the quantisation error alone."""
+    size = ENCODINGS[encoding].block_size
+    n_out = packed.shape[0]
+    blocks = packed.reshape(-1, size)
+    values = {"q4_0": _dq4_0, "q4_k": _dq4_k, "q6_k": _dq6_k}[encoding](blocks)
+    values = values.reshape(n_out, -1)
+    return values if n_in is None else values[:, :n_in]
+
+
+def _fp16(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float16).view(np.uint8).reshape(-1, 2)
+
+
+def _half(raw: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(raw).view(np.float16).astype(np.float32).reshape(-1, 1)
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a / b, 0 where b is 0 (an all-zero block)."""
+    a, b = np.broadcast_arrays(a, b)
+    return np.divide(a, b, out=np.zeros(a.shape, np.float32), where=b != 0)
+
+
+def _nibbles(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    return (low.astype(np.uint8) | (high.astype(np.uint8) << 4)).astype(np.uint8)
+
+
+# -- q4_0: 32 values, d = (the value of largest magnitude) / -8, q = x / d + 8 in 0..15 ---------
+
+
+def _q4_0(x: np.ndarray) -> np.ndarray:
+    extreme = np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)  # signed
+    d = (extreme / -8.0).astype(np.float32)
+    inverse = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
+    # llama.cpp's quantize_row_q4_0_ref: (int8_t)(x * id + 8.5f) truncates, then min(15, .)
+    q = np.minimum(15, np.trunc(x * inverse + 8.5)).astype(np.uint8)
+    return np.concatenate([_fp16(d), _nibbles(q[:, :16], q[:, 16:])], axis=1)
+
+
+def _dq4_0(b: np.ndarray) -> np.ndarray:
+    d, qs = _half(b[:, :2]), b[:, 2:]
+    q = np.concatenate([qs & 0xF, qs >> 4], axis=1).astype(np.float32)
+    return d * (q - 8.0)
+
+
+# -- q4_k: 8 sub-blocks of 32, x = d sc q - dmin m, sc and m 6-bit, q 0..15 ---------------------
+
+
+def _q4_k(x: np.ndarray) -> np.ndarray:
+    n = x.shape[0]
+    sub = x.reshape(n, 8, 32)
+    low = np.minimum(sub.min(axis=2), 0.0)  # the affine range includes 0, as llama.cpp's
+    high = np.maximum(sub.max(axis=2), 0.0)
+    scale, minimum = (high - low) / 15.0, -low  # x = scale q - minimum
+    d = scale.max(axis=1, keepdims=True) / 63.0
+    dmin = minimum.max(axis=1, keepdims=True) / 63.0
+    d, dmin = d.astype(np.float16).astype(np.float32), dmin.astype(np.float16).astype(np.float32)
+    sc = np.clip(np.rint(_ratio(scale, d)), 0, 63)
+    m = np.clip(np.rint(_ratio(minimum, dmin)), 0, 63)
+    step = (d * sc)[:, :, None]
+    offset = (dmin * m)[:, :, None]
+    q = np.divide(sub + offset, step, out=np.zeros_like(sub), where=step != 0)
+    q = np.clip(np.rint(q), 0, 15).astype(np.uint8).reshape(n, 4, 2, 32)
+    qs = _nibbles(q[:, :, 0], q[:, :, 1]).reshape(n, 128)  # chunk j: sub 2j low, 2j+1 high
+    sc, m = sc.astype(np.uint8), m.astype(np.uint8)
+    scales = np.zeros((n, 12), np.uint8)
+    scales[:, 0:4] = sc[:, :4] | ((sc[:, 4:] >> 4) << 6)
+    scales[:, 4:8] = m[:, :4] | ((m[:, 4:] >> 4) << 6)
+    scales[:, 8:12] = (sc[:, 4:] & 0xF) | ((m[:, 4:] & 0xF) << 4)
+    return np.concatenate([_fp16(d), _fp16(dmin), scales, qs], axis=1)
+
+
+def _dq4_k(b: np.ndarray) -> np.ndarray:
+    n = b.shape[0]
+    d, dmin, scales, qs = _half(b[:, 0:2]), _half(b[:, 2:4]), b[:, 4:16], b[:, 16:]
+    low, high, extra = scales[:, 0:4], scales[:, 4:8], scales[:, 8:12]
+    sc = np.concatenate([low & 63, (extra & 0xF) | ((low >> 6) << 4)], axis=1)
+    m = np.concatenate([high & 63, (extra >> 4) | ((high >> 6) << 4)], axis=1)
+    qs = qs.reshape(n, 4, 32)
+    q = np.stack([qs & 0xF, qs >> 4], axis=2).reshape(n, 8, 32).astype(np.float32)
+    step = (d * sc.astype(np.float32))[:, :, None]
+    offset = (dmin * m.astype(np.float32))[:, :, None]
+    return (step * q - offset).reshape(n, 256)
+
+
+# -- q6_k: 16 sub-blocks of 16, x = d sc (q - 32), sc int8, q 0..63 -----------------------------
+
+
+def _q6_k(x: np.ndarray) -> np.ndarray:
+    n = x.shape[0]
+    sub = x.reshape(n, 16, 16)
+    extreme = np.take_along_axis(sub, np.abs(sub).argmax(axis=2)[:, :, None], axis=2)[:, :, 0]
+    scale = extreme / -32.0  # as q4_0: the extreme value lands on code -32 exactly
+    largest = np.take_along_axis(scale, np.abs(scale).argmax(axis=1)[:, None], axis=1)
+    inverse = np.divide(-128.0, largest, out=np.zeros_like(largest), where=largest != 0)
+    d = np.divide(1.0, inverse, out=np.zeros_like(inverse), where=inverse != 0)
+    d = d.astype(np.float16).astype(np.float32)
+    sc = np.clip(np.rint(inverse * scale), -128, 127)
+    step = (d * sc)[:, :, None]
+    q = np.divide(sub, step, out=np.zeros_like(sub), where=step != 0)
+    q = (np.clip(np.rint(q), -32, 31) + 32).astype(np.uint8).reshape(n, 2, 4, 32)
+    # half h, quarter k (elements 32k .. 32k+31 of the half): low nibbles in ql, 2 bits in qh
+    ql = np.stack(
+        [
+            np.concatenate(
+                [
+                    _nibbles(q[:, h, 0] & 0xF, q[:, h, 2] & 0xF),
+                    _nibbles(q[:, h, 1] & 0xF, q[:, h, 3] & 0xF),
+                ],
+                axis=1,
+            )
+            for h in (0, 1)
+        ],
+        axis=1,
+    ).reshape(n, 128)
+    qh = (
+        np.stack(
+            [
+                (q[:, h, 0] >> 4)
+                | ((q[:, h, 1] >> 4) << 2)
+                | ((q[:, h, 2] >> 4) << 4)
+                | ((q[:, h, 3] >> 4) << 6)
+                for h in (0, 1)
+            ],
+            axis=1,
+        )
+        .reshape(n, 64)
+        .astype(np.uint8)
+    )
+    scales = sc.astype(np.int8).view(np.uint8)
+    return np.concatenate([ql, qh, scales, _fp16(d)], axis=1)
+
+
+def _dq6_k(b: np.ndarray) -> np.ndarray:
+    n = b.shape[0]
+    ql, qh = b[:, 0:128].reshape(n, 2, 64), b[:, 128:192].reshape(n, 2, 32)
+    sc = b[:, 192:208].view(np.int8).astype(np.float32).reshape(n, 16)
+    d = _half(b[:, 208:210])
+    low = [ql[:, :, 0:32] & 0xF, ql[:, :, 32:64] & 0xF, ql[:, :, 0:32] >> 4, ql[:, :, 32:64] >> 4]
+    q = np.stack([low[k] | (((qh >> (2 * k)) & 3) << 4) for k in range(4)], axis=2)
+    q = q.astype(np.float32).reshape(n, 16, 16) - 32.0  # (half, quarter, 32) -> 16 sub-blocks
+    return (d[:, :, None] * sc[:, :, None] * q).reshape(n, 256)
