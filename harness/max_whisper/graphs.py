@@ -9,6 +9,7 @@ weights it reads (``weights``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 import torch
@@ -62,7 +63,11 @@ class BoundGraphs:
 
     @property
     def variant_tag(self) -> str:
-        return "faithful" if self.variant == FAITHFUL else f"v{abs(hash(self.variant)):x}"
+        """``faithful``, or a digest of the variant's fields: the same in every process (Python's
+        ``hash`` of a string is not), so a fault's graphs are found in the caches next time."""
+        if self.variant == FAITHFUL:
+            return "faithful"
+        return "v" + hashlib.sha256(repr(self.variant).encode()).hexdigest()[:12]
 
     @property
     def dtype(self) -> torch.dtype:

@@ -1,0 +1,175 @@
+"""Time to first transcript (harness/first_transcript.py) and what it rests on.
+
+A new process per file: compiled graphs are kept across processes (the engine's store of MEF
+files), a compile is announced only when it is one, the checkpoint is validated without building
+modules on the meta device, and ``transcribe`` imports none of the report machinery.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from max.dtype import DType
+from max.graph import DeviceRef, Graph, TensorType
+from whisper.model import AudioEncoder, TextDecoder
+
+from harness import checkpoints, first_transcript
+from harness.audio import load_audio
+from harness.errors import HarnessError
+from harness.max_whisper import engine as engine_module
+from harness.max_whisper.engine import Engine
+from harness.max_whisper.mel import MaxLogMel
+from harness.transcribe import transcribe
+
+REPO = Path(__file__).resolve().parent.parent
+SHORT = REPO / "fixtures" / "audio" / "short.wav"
+
+
+def test_torch_backend_first_transcript_is_the_transcript(load_checkpoint):
+    command = first_transcript.harness_command("torch", "fixture:speech", SHORT)
+    run = first_transcript.first_transcript(command)
+    expected = transcribe(load_checkpoint("fixture:speech").model, load_audio(SHORT), language=None)
+    assert run.text == expected.text.strip() and run.text
+    assert 0 < run.seconds < 120
+
+
+def test_measure_alternates_commands_and_keeps_every_run(tmp_path):
+    log = "import sys; open(sys.argv[1], 'a').write(sys.argv[2]); print('text', sys.argv[2][0])"
+    order = tmp_path / "order"
+    commands = {name: [sys.executable, "-c", log, str(order), name] for name in ("a1", "b2")}
+    timings = first_transcript.measure(commands, runs=2)
+    assert order.read_text() == "a1b2" + "a1b2" * 2  # the untimed round, then in turn
+    assert timings["a1"].text == "text a" and timings["b2"].text == "text b"
+    assert all(len(t.runs) == 2 and min(t.runs) > 0 and t.warmup for t in timings.values())
+    assert "| a1 |" in first_transcript.table(timings)
+
+
+def test_a_failing_or_changing_command_is_an_error_not_a_time():
+    failing = [sys.executable, "-c", "import sys; sys.exit('no model here')"]
+    with pytest.raises(HarnessError, match="exited 1: no model here"):
+        first_transcript.first_transcript(failing)
+    changing = [sys.executable, "-c", "import time; print(time.time_ns())"]
+    with pytest.raises(HarnessError, match="changed between runs"):
+        first_transcript.measure({"clock": changing}, runs=2)
+    with pytest.raises(HarnessError, match="unknown backend"):
+        first_transcript.harness_command("onnx", "tiny.en", SHORT)
+
+
+def test_transcribe_imports_none_of_the_report_machinery():
+    code = (
+        "import sys; from harness import cli; cli._transcribe_parser(); "
+        "print(sorted(m for m in ('pandas', 'matplotlib', 'harness.plots') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_the_lazily_imported_modules_are_the_modules():
+    code = (
+        "import harness.cli, harness.report, harness.checkpoints as c; "
+        "print(harness.report.DEFAULT_MODEL == c.DEFAULT_MODEL, callable(harness.cli.faults.run))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.stdout.split() == ["True", "True"], result.stderr
+
+
+@pytest.mark.parametrize("name", ["tiny.en", "base", "large-v3", "turbo"])
+def test_expected_shapes_are_openai_whispers_own(name):
+    """``_expected_shapes`` spells out the state dict; this is the module tree it stands for."""
+    dims = checkpoints.official_dims(name)
+    with torch.device("meta"):
+        halves = {
+            "encoder": AudioEncoder(
+                dims.n_mels,
+                dims.n_audio_ctx,
+                dims.n_audio_state,
+                dims.n_audio_head,
+                dims.n_audio_layer,
+            ),
+            "decoder": TextDecoder(
+                dims.n_vocab,
+                dims.n_text_ctx,
+                dims.n_text_state,
+                dims.n_text_head,
+                dims.n_text_layer,
+            ),
+        }
+    reference = [
+        (f"{half}.{key}", tensor.shape)
+        for half, module in halves.items()
+        for key, tensor in module.state_dict().items()
+    ]
+    assert list(checkpoints._expected_shapes(dims).items()) == reference
+
+
+def test_compiled_graphs_are_read_back_by_a_new_engine(tmp_path):
+    audio = np.random.default_rng(0).standard_normal(8000).astype(np.float32)
+    first = Engine(store=tmp_path)
+    expected = MaxLogMel(80, first)(audio)
+    (path,) = tmp_path.glob("*.mef")
+    assert not first.loaded
+
+    events: list[tuple[str, str]] = []
+    second = Engine(
+        store=tmp_path,
+        on_compile=lambda name: events.append(("compile", name)),
+        on_load=lambda name: events.append(("load", name)),
+    )
+    mel = MaxLogMel(80, second)
+    np.testing.assert_array_equal(mel(audio), expected)
+    assert events == [("load", mel.graph_name)] and second.loaded == {mel.graph_name}
+
+    path.write_bytes(b"not a MEF")  # a damaged file is compiled anew and rewritten
+    third = Engine(store=tmp_path)
+    np.testing.assert_array_equal(MaxLogMel(80, third)(audio), expected)
+    assert not third.loaded and path.stat().st_size > 1000
+
+
+def _graph(name: str, scale: float) -> Graph:
+    with Graph(name, input_types=[TensorType(DType.float32, [3], DeviceRef.CPU())]) as graph:
+        graph.output(graph.inputs[0].tensor * scale)
+    return graph
+
+
+def test_the_store_tells_graphs_apart_by_their_whole_body(tmp_path):
+    engine = Engine(store=tmp_path)
+    one, same, other = _graph("g", 2.0), _graph("g", 2.0), _graph("g", 3.0)
+    assert engine._store_path(one, "g") == engine._store_path(same, "g")
+    assert engine._store_path(one, "g") != engine._store_path(other, "g")
+    assert Engine(store=None)._store_path(one, "g") is None
+
+
+def test_least_recently_used_graphs_leave_a_full_store(tmp_path):
+    for age, name in enumerate(["new", "middle", "old"]):
+        path = tmp_path / f"{name}.mef"
+        path.write_bytes(b"x" * 100)
+        stamp = time.time() - 100 * age
+        os.utime(path, (stamp, stamp))
+    engine_module._evict(tmp_path, 250)
+    assert sorted(p.stem for p in tmp_path.glob("*.mef")) == ["middle", "new"]
+
+
+class _SlowSession:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def compile(self, graph: Graph) -> str:
+        time.sleep(self.seconds)
+        return "compiled"
+
+
+@pytest.mark.parametrize(("notice_s", "announced"), [(0.05, True), (5.0, False)])
+def test_compiling_is_announced_only_when_it_outlasts_a_cache_hit(monkeypatch, notice_s, announced):
+    monkeypatch.setattr(engine_module, "COMPILE_NOTICE_S", notice_s)
+    events: list[str] = []
+    engine = Engine(store=None, on_compile=events.append)
+    engine.session = _SlowSession(0.3)
+    assert engine.compile(lambda: _graph("g", 2.0), "g") == "compiled"
+    assert events == (["g"] if announced else [])
