@@ -47,6 +47,9 @@ faults = _lazy("harness.faults")
 report = _lazy("harness.report")
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
+# MAX's fastest decoding weights mode whose drift from PyTorch is within CTranslate2 int8's on
+# every measure (README, Speed); every report measures it beside float32.
+DEFAULT_WEIGHTS = ("float16",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
         default=Plan.runs,
         metavar="N",
         help=f"timed runs per speed measure, medians reported (default {Plan.runs}; 0: no speed)",
+    )
+    run.add_argument(
+        "--weights",
+        action="append",
+        metavar="MODE",
+        help="a MAX decoding weights mode to measure beside float32 (repeatable): float16, "
+        "bfloat16, q4_0, q4_k, q6_k, or MODE:logits for the logits product only; "
+        f"default {' '.join(DEFAULT_WEIGHTS)}; limits: weights:MODE in fixtures/tolerances.json",
     )
     run.add_argument(
         "--no-peers",
@@ -133,6 +144,9 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
+    weights = DEFAULT_WEIGHTS if args.weights is None else args.weights
+    for mode in weights:
+        _check_weights_mode(mode)
     progress = Progress()
     spec = args.model or report.DEFAULT_MODEL
     checkpoint = checkpoints.load(spec)
@@ -142,7 +156,14 @@ def _report(args: argparse.Namespace) -> int:
     if args.speed_runs > 0:
         speed = Plan(report.DEFAULT_AUDIO, runs=args.speed_runs, cold_compile=args.cold_compile)
     document = report.build(
-        checkpoint, args.device, args.dtype, audio, progress, speed, peers=args.peers
+        checkpoint,
+        args.device,
+        args.dtype,
+        audio,
+        progress,
+        speed,
+        peers=args.peers,
+        weights=weights,
     )
     report.write(document, out)
     progress.done()
@@ -171,6 +192,15 @@ def _transcribe(args: argparse.Namespace) -> int:
     else:
         print(result.text.strip())
     return 0
+
+
+def _check_weights_mode(mode: str) -> None:
+    from harness.max_whisper.quantized import WeightsMode
+
+    try:
+        WeightsMode.parse(mode)
+    except ValueError as error:
+        raise HarnessError(f"--weights: {error}") from None
 
 
 def _slug(spec: str) -> str:

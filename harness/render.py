@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from harness.tolerances import Tolerances
-from harness.verdict import check, language_failures, limits_of, stage_failures, verdict
+from harness.verdict import (
+    check,
+    language_failures,
+    limits_of,
+    mode_failures,
+    stage_failures,
+    verdict,
+)
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ def outline(document: dict[str, Any]) -> Outline:
         _noise_floor_section(document, limits),
         _transcripts_section(document.get("transcripts"), document.get("wer") or {}),
         _language_section(document.get("language"), limits),
-        _peers_section(document),
+        _peers_section(document, limits),
         _speed_section(document.get("speed")),
     ]
     return Outline(
@@ -450,71 +457,62 @@ PEER_COLUMNS = (
     "max |Δ logit|",
     "transcripts token-equal to PyTorch",
     "WER vs true text",
+    "status",
 )
 
 
-def _peers_section(document: dict[str, Any]) -> Section | None:
-    """MAX's drift and each CTranslate2 compute type's, against PyTorch, on the same inputs."""
+def _peers_section(document: dict[str, Any], limits: Tolerances) -> Section | None:
+    """Every engine's drift from PyTorch on the same inputs: MAX's weights modes, CTranslate2."""
     peers = document.get("peers")
     if not peers:
         return None
-    if "skipped" in peers:
-        return Section("Peers: CTranslate2", [f"Not compared: {peers['skipped']}."])
+    title = "Drift of every engine: MAX weights modes and CTranslate2 (faster-whisper's engine)"
+    skipped = [f"CTranslate2 not compared: {peers['skipped']}."] if "skipped" in peers else []
+    if "labels" not in peers:
+        return Section(title, skipped)
     wer = document.get("wer") or {}
     first = "speech" if "speech" in wer else next(iter(wer), None)
     rows = [
         _peer_row(
-            f"MAX {document['dtype']}",
-            document["encoder"]["fused"],
-            peers["max"]["teacher_forced"],
-            document["transcripts"],
-            wer.get(first, {}).get("max"),
+            label,
+            peers[name],
+            first,
+            _status(mode_failures(peers[name], name, limits)) if name.startswith("max-") else "",
         )
+        for name, label in peers["labels"].items()
     ]
-    for name, described in peers["engines"].items():
-        peer = peers[name]
-        rows.append(
-            _peer_row(
-                described["label"],
-                peer["encoder"],
-                peer["teacher_forced"],
-                peer["transcripts"],
-                peer["wer"].get(first, {}).get(name),
-            )
-        )
     steps = peers["max"]["teacher_forced"]["steps"]
     bullets = [
         "Each engine against PyTorch float32 on the same checkpoint and inputs: the encoder on "
         f"the report's window, the decoder teacher-forced on its true text ({steps} positions, "
         f"from position {peers['teacher_forced_from_step']}: CTranslate2 gives no logits of "
         "the prompt), the transcripts of the clips above.",
+        "A MAX weights mode stores the decoding step's matrices in that format (float32 "
+        "activations; GGML blocks through ops.qmatmul); its encoder is MAX float32's. Its limits "
+        "are the weights:MODE entries of fixtures/tolerances.json.",
+        *skipped,
         "Versions: " + ", ".join(f"{k} {v}" for k, v in peers.get("versions", {}).items()),
     ]
     if first:
         torch_wer = wer[first]["torch"]
         bullets.append(f"WER: {CLIP_SETS.get(first, first)}, pooled; PyTorch {torch_wer:.1%}.")
-    title = "Peers: CTranslate2 (faster-whisper's engine)"
     return Section(title, bullets, [Table(PEER_COLUMNS, rows)])
 
 
-def _peer_row(
-    label: str,
-    encoder: dict[str, Any],
-    teacher_forced: dict[str, Any],
-    transcripts: list[dict[str, Any]],
-    wer: float | None,
-) -> Row:
-    equal = sum(bool(t["tokens_equal"]) for t in transcripts)
+def _peer_row(label: str, entry: dict[str, Any], clip_set: str | None, status: Cell) -> Row:
+    encoder, teacher_forced = entry.get("encoder"), entry["teacher_forced"]
+    wer = entry["wer"].get(clip_set) if clip_set else None
     return Row(
         (
             label,
-            _sci(encoder["rel_l2"]),
-            _one_minus(encoder["min_frame_cosine"]),
+            _sci(encoder["rel_l2"]) if encoder else "as MAX float32",
+            _one_minus(encoder["min_frame_cosine"]) if encoder else "",
             f"{teacher_forced['top1_agreement']:.2%}",
             _sci(teacher_forced["max_kl"]),
             _sci(teacher_forced["max_abs_logit"]),
-            f"{equal} / {len(transcripts)}",
+            f"{entry['tokens_equal']} / {entry['clips']}",
             "—" if wer is None else f"{wer:.1%}",
+            status,
         )
     )
 

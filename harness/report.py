@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
@@ -63,6 +64,7 @@ def build(
     progress: Progress = silent,
     speed: Plan | None = None,
     peers: bool = True,
+    weights: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run every comparison for ``checkpoint`` and return the ``parity.json`` document.
 
@@ -70,9 +72,10 @@ def build(
     ``DEFAULT_AUDIO``; transcripts on every clip of ``audio`` (default: the fixture clips).
     Each of those stages is also recomputed in float64 (cheap next to MAX's compiles): the
     reference's noise floor (``noise_floor``) and the arbiter's verdict on MAX (``arbiter``).
-    With ``peers`` (CPU, float32), CTranslate2 float32 and int8 run the same checkpoint through
-    the same comparisons (``peer_parity.py``). With a ``speed`` plan, PyTorch, MAX and the peers
-    are then timed side by side (``speed.py``).
+    MAX with each of the other decoding ``weights`` modes (quantised: ``quantized.py``) and,
+    with ``peers`` (CPU, float32), CTranslate2 float32 and int8 run the same checkpoint through
+    the same comparisons (``peer_parity.py``), each with its drift from PyTorch. With a
+    ``speed`` plan, PyTorch, MAX, its modes and the peers are then timed side by side.
     """
     limits = tolerances.load(dtype)
     clips = load_clips(audio or fixture_clips())
@@ -117,14 +120,23 @@ def build(
     if languages is not None:
         document["language"] = languages
     engines, skipped = peer_engines(checkpoint, device, dtype) if peers else ([], "not asked for")
-    if engines:
+    modes = [MaxWhisper(checkpoint, engine, weights=w) for w in weights if w != "float32"]
+    if engines or modes:
         document["peers"] = peer_parity(
-            checkpoint, engines, mel[None], reference["ln_post"], tokens, document, clips, progress
+            checkpoint,
+            modes,
+            engines,
+            mel[None],
+            reference["ln_post"],
+            tokens,
+            document,
+            clips,
+            progress,
         )
-    else:
-        document["peers"] = {"skipped": skipped}
+    if skipped:
+        document.setdefault("peers", {})["skipped"] = skipped
     if speed:
-        document["speed"] = measure(checkpoint, candidate, speed, progress, engines)
+        document["speed"] = measure(checkpoint, candidate, speed, progress, engines, modes)
     document["compile_s"] = engine.compile_seconds
     document["verdict"] = verdict(document)
     return document

@@ -80,13 +80,15 @@ def measure(
     plan: Plan,
     progress: Progress = silent,
     peers: Sequence[CTranslate2Whisper] = (),
+    modes: Sequence[MaxWhisper] = (),
 ) -> dict[str, Any]:
-    """The ``speed`` section of ``parity.json``: PyTorch, ``candidate`` (MAX) and ``peers``
-    (CTranslate2 at each compute type), on the same checkpoint."""
+    """The ``speed`` section of ``parity.json``: PyTorch, ``candidate`` (MAX), MAX's other
+    weights ``modes`` and ``peers`` (CTranslate2 at each compute type), on one checkpoint."""
     engine = candidate.engine
     reference = Reference(checkpoint.model, engine.device, engine.dtype.name)
-    candidate.load()
-    backends = [torch_backend(reference), max_backend(candidate)]
+    for model in (candidate, *modes):
+        model.load()
+    backends = [torch_backend(reference), *(max_backend(m) for m in (candidate, *modes))]
     backends += [ctranslate2_backend(peer) for peer in peers]
     try:
         return {
@@ -153,8 +155,8 @@ def max_backend(candidate: MaxWhisper) -> Backend:
         return decode_seconds(MaxInference(candidate.text_decoder), prompt, features, tokens)
 
     return Backend(
-        "max",
-        f"MAX {candidate.engine.dtype.name}",
+        candidate.name,
+        candidate.label,
         candidate.encoder,
         max_decode_seconds,
         lambda clip: transcribe(candidate, load_audio(clip)),

@@ -11,7 +11,14 @@ from typing import Any
 from harness.errors import HarnessError
 
 TOLERANCE_FILE = Path(__file__).resolve().parent.parent / "fixtures" / "tolerances.json"
-HIGHER_IS_BETTER = {"cosine", "min_frame_cosine", "snr_db", "top1_agreement", "min_top2_gap"}
+HIGHER_IS_BETTER = {
+    "cosine",
+    "min_frame_cosine",
+    "snr_db",
+    "top1_agreement",
+    "min_top2_gap",
+    "tokens_equal_fraction",
+}
 
 
 @dataclass(frozen=True)

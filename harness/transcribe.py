@@ -42,8 +42,17 @@ class Transcript:
 class MaxWhisper:
     """The attributes and methods of ``whisper.Whisper`` that decoding uses, all run by MAX."""
 
-    def __init__(self, checkpoint: Checkpoint, engine: Engine, variant: Variant = FAITHFUL) -> None:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        engine: Engine,
+        variant: Variant = FAITHFUL,
+        weights: str = "float32",
+    ) -> None:
+        """``weights``: how the decoding step stores its matrices (``quantized.WeightsMode``
+        spec: ``float32``, ``q4_0``, ``float16:logits``, ...); every other graph is float32."""
         self.reference = checkpoint.model  # for DecodingTask's set-up only; never run
+        self.weights = weights
         self.engine = engine
         self.dims = checkpoint.dims
         self.device = torch.device("cpu")  # where decoding keeps its token tensors
@@ -52,7 +61,17 @@ class MaxWhisper:
         state = checkpoint.model.state_dict()
         self.log_mel = MaxLogMel(self.dims.n_mels, engine, variant)
         self.audio_encoder = MaxAudioEncoder(self.dims, state, engine, variant)
-        self.text_decoder = MaxTextDecoder(self.dims, state, engine, variant)
+        self.text_decoder = MaxTextDecoder(self.dims, state, engine, variant, weights)
+
+    @property
+    def name(self) -> str:
+        """Its key in parity.json: ``max`` for float32 weights, ``max-<weights>`` otherwise."""
+        return "max" if self.weights == "float32" else f"max-{self.weights}"
+
+    @property
+    def label(self) -> str:
+        dtype = self.engine.dtype.name
+        return f"MAX {dtype}" if self.weights == "float32" else f"MAX {self.weights} decoding"
 
     def load(self) -> None:
         """Compile what is not compiled yet and bind the weights of every graph decoding runs."""

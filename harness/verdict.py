@@ -45,6 +45,13 @@ def verdict(document: dict[str, Any]) -> dict[str, Any]:
             f"decoder teacher_forced {v}" for v in check(teacher_forced, "teacher_forced", limits)
         ]
     failures += [f for t in document.get("transcripts", []) for f in transcript_failures(t)]
+    peers = document.get("peers", {})
+    failures += [
+        f"{name} {v}"
+        for name in peers.get("labels", {})
+        if name.startswith("max-")
+        for v in mode_failures(peers[name], name, limits)
+    ]
     failures += [
         f"language {e['audio']} {v}"
         for e in document.get("language", [])
@@ -116,6 +123,18 @@ def language_failures(entry: dict[str, Any], limits: Tolerances) -> list[str]:
         torch_language, max_language = entry["torch"]["language"], entry["max"]["language"]
         failures.insert(0, f"same_language false: PyTorch {torch_language}, MAX {max_language}")
     return failures
+
+
+def mode_failures(entry: dict[str, Any], name: str, limits: Tolerances) -> list[str]:
+    """A MAX weights mode (``max-q4_0``) against its own limits, ``weights:<mode>`` in the
+    tolerance file: teacher-forced top-1 and KL, and the share of transcripts token-equal to
+    PyTorch's. Without an entry it must be as exact as float32 (no mode goes ungated)."""
+    kind = f"weights:{entry['weights']}"
+    if kind not in limits.limits:
+        exact = {**limits.limits["teacher_forced"], "tokens_equal_fraction": 1.0}
+        limits = Tolerances(limits.dtype, {**limits.limits, kind: exact})
+    metrics = {**entry["teacher_forced"], "tokens_equal_fraction": entry["tokens_equal_fraction"]}
+    return check(metrics, kind, limits)
 
 
 def transcript_failures(transcript: dict[str, Any]) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 from harness import tolerances
 from harness.language import language_metrics
 from harness.metrics import compare
-from harness.verdict import check, limits_of
+from harness.verdict import check, limits_of, verdict
 
 SAMPLE = Path(__file__).resolve().parent.parent / "fixtures" / "sample_parity.json"
 CLEAN = {"rel_l2": 0.0, "cosine": 1.0, "min_frame_cosine": 1.0}
@@ -60,7 +60,40 @@ def test_every_gated_metric_is_one_its_callers_compute(dtype):
         "language": language_metrics({"en": 0.9, "de": 0.1}, {"en": 0.9, "de": 0.1}),
         "teacher_forced": json.loads(SAMPLE.read_text())["decoder"]["teacher_forced"],
     }
+    # a MAX weights mode: its teacher-forced summary and share of equal transcripts (peer_parity)
+    mode = {**computed["teacher_forced"], "tokens_equal_fraction": 1.0}
+    computed |= {kind: mode for kind in limits.limits if kind.startswith("weights:")}
     assert set(limits.limits) <= set(computed)
     for kind, metrics in computed.items():
         assert not limits.violations(metrics, kind), kind
         assert not check(metrics, kind, limits_of({"dtype": dtype})), kind
+
+
+def _mode(weights: str, kl: float, equal: float) -> dict:
+    return {
+        "weights": weights,
+        "teacher_forced": {"steps": 78, "top1_agreement": 1.0, "max_kl": kl, "max_abs_logit": 0.1},
+        "tokens_equal_fraction": equal,
+    }
+
+
+def test_a_max_weights_mode_is_judged_by_its_own_limits():
+    limit = tolerances.load("float32").limit("weights:float16", "max_kl")
+    peers = {"labels": {"max-float16": "MAX float16 decoding"}}
+    document = {"dtype": "float32", "peers": peers}
+    peers["max-float16"] = _mode("float16", limit / 2, 1.0)
+    assert verdict(document)["pass"]
+    peers["max-float16"] = _mode("float16", limit * 2, 0.5)
+    assert verdict(document)["failures"] == [
+        f"max-float16 max_kl {limit * 2:.3g} > {limit:.3g}",
+        "max-float16 tokens_equal_fraction 0.5 < 0.9",
+    ]
+
+
+def test_a_weights_mode_without_limits_must_be_as_exact_as_float32():
+    """No mode goes ungated for want of an entry: q6_k has none, so it meets float32's."""
+    document = {"dtype": "float32", "peers": {"labels": {"max-q6_k": "MAX q6_k decoding"}}}
+    document["peers"]["max-q6_k"] = _mode("q6_k", 0.03, 0.75)
+    failures = verdict(document)["failures"]
+    assert failures[0].startswith("max-q6_k max_kl 0.03 > ")
+    assert failures[1] == "max-q6_k tokens_equal_fraction 0.75 < 1"
