@@ -15,6 +15,7 @@ at temperature 0 with no fallback, as the harness runs openai-whisper's ``transc
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -191,6 +192,33 @@ class CTranslate2Whisper:
         tokens = [t for s in segments for t in s.tokens]
         as_dicts = [{"start": s.start, "end": s.end, "text": s.text} for s in segments]
         return Transcript(text, tokens, info.language, as_dicts)
+
+
+# What a faster-whisper user runs once per file: load the model, transcribe, print the text.
+FIRST_TRANSCRIPT_SCRIPT = """
+import sys
+from faster_whisper import WhisperModel
+folder, compute_type, threads, clip, language = sys.argv[1:]
+model = WhisperModel(folder, device="cpu", compute_type=compute_type, cpu_threads=int(threads))
+segments, _ = model.transcribe(clip, language=language or None, beam_size=1, temperature=0.0)
+print("".join(segment.text for segment in segments).strip())
+"""
+
+
+def first_transcript_command(
+    peer: CTranslate2Whisper, clip: Path, language: str | None
+) -> list[str]:
+    """A new Python process running faster-whisper on ``clip``, as its users' scripts do."""
+    return [
+        sys.executable,
+        "-c",
+        FIRST_TRANSCRIPT_SCRIPT,
+        str(peer.folder),
+        peer.compute_type,
+        str(peer.threads),
+        str(clip),
+        language or "",
+    ]
 
 
 def _storage(array: np.ndarray) -> Any:

@@ -21,7 +21,13 @@ from harness.verdict import limits_of
 
 BLUE, RED, GREY, ORANGE = "#1f77b4", "#d62728", "#555555", "#ff7f0e"
 GREEN, PURPLE = "#2ca02c", "#9467bd"
-ENGINE_COLOURS = {"torch": BLUE, "max": RED, "ct2-float32": GREEN, "ct2-int8": PURPLE}
+ENGINE_COLOURS = {
+    "torch": BLUE,
+    "max": RED,
+    "max-float16": ORANGE,
+    "ct2-float32": GREEN,
+    "ct2-int8": PURPLE,
+}
 KINDS = {"isolated": ("o", BLUE), "chained": ("s", RED)}  # marker and colour per kind
 
 
@@ -173,7 +179,8 @@ def speed_figure(speed: dict[str, Any] | None) -> Figure | None:
     panels = figure.subplots(1, len(measures), squeeze=False)[0]
     for axes, (key, label) in zip(panels, measures, strict=True):
         medians = speed[key]["median"]
-        bars = axes.bar(list(engines.values()), [medians[e] for e in engines], color=colours)
+        values = [medians.get(e, 0.0) for e in engines]  # 0: not timed by this measure
+        bars = axes.bar(list(engines.values()), values, color=colours)
         axes.bar_label(bars, fmt="%.3g")
         axes.set_title(label, fontsize="medium")
         axes.tick_params(axis="x", labelrotation=30, labelsize="small")

@@ -381,6 +381,7 @@ SPEED_ROWS = (
     ("encoder_ms", "encoder, 30 s window (ms)"),
     ("decode_ms_per_token", "decoding (ms per token)"),
     ("end_to_end_rtf", "end to end (real-time factor)"),
+    ("first_transcript_s", "time to first transcript, new process (s)"),
 )
 
 
@@ -389,10 +390,7 @@ def _speed_section(speed: dict[str, Any] | None) -> Section | None:
         return None
     engines = speed.get("engines", {})
     measures = [(key, label) for key, label in SPEED_ROWS if key in speed]
-    rows = [
-        Row((label, *(_fixed(speed[key]["median"][e]) + _spread(speed[key], e) for e in engines)))
-        for key, label in measures
-    ]
+    rows = [Row((label, *(_median(speed[key], e) for e in engines))) for key, label in measures]
     bullets = [
         "Medians of the timed runs (min–max in brackets), after one warm-up; the engines' runs "
         "take turns, same checkpoint, audio, device and thread count."
@@ -408,6 +406,12 @@ def _speed_section(speed: dict[str, Any] | None) -> Section | None:
         bullets.append(
             f"End to end: {clip['name']} ({clip['seconds']} s), audio file to text "
             "(openai-whisper's transcribe; faster-whisper's for CTranslate2)."
+        )
+    if clip := speed.get("first_transcript_clip"):
+        bullets.append(
+            f"Time to first transcript: {clip['name']} ({clip['seconds']:.1f} s), a new process "
+            "per run with warm caches: python -m harness transcribe (MAX float32 weights, "
+            "PyTorch), a faster-whisper script (CTranslate2)."
         )
     if load := speed.get("load_s"):
         loads = ", ".join(f"{engines.get(e, e)} {seconds:.2f} s" for e, seconds in load.items())
@@ -432,6 +436,12 @@ def _speedup_table(speed: dict[str, Any], measures: list[tuple[str, str]]) -> Ta
         for key, label in measures
     ]
     return Table(("MAX speed-up (peer time / MAX time)", *(engines[p] for p in peers)), rows)
+
+
+def _median(measure: dict[str, Any], engine: str) -> str:
+    """``median (min–max)``, or — for an engine this measure does not time."""
+    median = measure["median"].get(engine)
+    return "—" if median is None else _fixed(median) + _spread(measure, engine)
 
 
 def _spread(measure: dict[str, Any], engine: str) -> str:

@@ -40,17 +40,22 @@ import torch
 import whisper
 from whisper.decoding import Inference, PyTorchInference
 
-from harness import checkpoints
-from harness.audio import load_audio
+from harness import checkpoints, ctranslate2_peer, first_transcript
+from harness.audio import audio_duration_s, load_audio
 from harness.checkpoints import Checkpoint
 from harness.ctranslate2_peer import CTranslate2Whisper
 from harness.decoder_parity import tokenizer
+from harness.first_transcript import harness_command
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.max_whisper.inference import MaxInference
 from harness.parity import Progress
 from harness.progress import silent
 from harness.transcribe import MaxWhisper, transcribe
+from harness.transcripts import transcription_language
+
+# 6 s of LibriVox: a clip a person transcribes with one command
+FIRST_TRANSCRIPT_CLIP = Path(__file__).resolve().parent.parent / "fixtures/speech/librivox_0920.wav"
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class Plan:
     runs: int = 5
     tokens: int = 48  # decoded per run, after the prompt
     cold_compile: bool = False  # a minute or more on 2 cores
+    first_clip: Path = FIRST_TRANSCRIPT_CLIP  # for time to first transcript; None: not timed
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ def measure(
             "runs": plan.runs,
             "engines": {b.name: b.label for b in backends},
             **_execution(checkpoint, backends, plan, progress),
+            **_first_transcripts(checkpoint, candidate, peers, plan, progress),
             "compile_s": {
                 "cold": cold_compile_seconds(checkpoint, engine) if plan.cold_compile else None,
                 "warm": encoder_compile_seconds(candidate.audio_encoder),
@@ -137,6 +144,35 @@ def _execution(
         "decode_tokens": plan.tokens,
         "end_to_end_rtf": end_to_end,
         "end_to_end_clip": {"name": plan.clip.name, "seconds": round(duration, 3)},
+    }
+
+
+def _first_transcripts(
+    checkpoint: Checkpoint,
+    candidate: MaxWhisper,
+    peers: Sequence[CTranslate2Whisper],
+    plan: Plan,
+    progress: Progress,
+) -> dict[str, Any]:
+    """``first_transcript_s``: a new process per run, from its start to its transcript, warm
+    caches, the engines in turn: ``python -m harness transcribe`` for PyTorch and MAX (float32
+    weights), a faster-whisper script for CTranslate2."""
+    if plan.first_clip is None:
+        return {}
+    engine, dtype = candidate.engine, candidate.engine.dtype.name
+    clip, language = plan.first_clip, transcription_language(checkpoint)
+    chosen = ["--language", language] if language else []
+    commands = {
+        backend: [*harness_command(backend, checkpoint.name, clip, *setup), *chosen]
+        for backend, setup in (("torch", ("cpu", "float32")), ("max", (engine.device, dtype)))
+    }
+    for peer in peers:
+        commands[peer.name] = ctranslate2_peer.first_transcript_command(peer, clip, language)
+    progress(f"speed: time to first transcript of {clip.name}, a new process per run")
+    timings = first_transcript.measure(commands, runs=plan.runs)
+    return {
+        "first_transcript_s": summary({name: t.runs for name, t in timings.items()}),
+        "first_transcript_clip": {"name": clip.name, "seconds": audio_duration_s(load_audio(clip))},
     }
 
 

@@ -22,7 +22,7 @@ def harness(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "tiny"
-    result = harness("report", "--model", "synthetic:tiny", "--out", str(out))
+    result = harness("report", "--model", "synthetic:tiny", "--out", str(out), "--speed-runs", "2")
     assert result.returncode == 0, result.stderr
     return out
 
@@ -121,11 +121,14 @@ def test_json_is_replaced_whole_or_not_at_all(tmp_path):
 def test_report_times_pytorch_max_and_ctranslate2_side_by_side(report_dir):
     speed = json.loads((report_dir / "parity.json").read_text())["speed"]
     assert speed["threads"] >= 1 and speed["decode_tokens"] > 0
-    engines = ["torch", "max", "ct2-float32", "ct2-int8"]
+    engines = ["torch", "max", "max-float16", "ct2-float32", "ct2-int8"]
     assert list(speed["engines"]) == engines
-    for measure in ("encoder_ms", "decode_ms_per_token", "end_to_end_rtf"):
+    in_process = ("encoder_ms", "decode_ms_per_token", "end_to_end_rtf")
+    for measure in (*in_process, "first_transcript_s"):
         timed = speed[measure]
-        for engine in engines:
+        timed_engines = engines if measure in in_process else ["torch", "max", *engines[3:]]
+        assert list(timed["median"]) == timed_engines
+        for engine in timed_engines:
             runs = timed["runs"][engine]
             assert len(runs) == speed["runs"]
             assert min(runs) <= timed["median"][engine] <= max(runs)
@@ -133,26 +136,26 @@ def test_report_times_pytorch_max_and_ctranslate2_side_by_side(report_dir):
             ratio = timed["median"][peer] / timed["median"]["max"]
             assert timed["speedup"]["max"][peer] == pytest.approx(ratio)
     assert speed["compile_s"]["cold"] is None and speed["compile_s"]["warm"] > 0
-    assert all(speed["load_s"][engine] > 0 for engine in engines)
+    assert all(speed["load_s"][engine] > 0 for engine in ["torch", "max", *engines[3:]])
     text = (report_dir / "report.md").read_text()
     assert "## Speed" in text and "decoding (ms per token)" in text
     assert "| MAX float32, encoder, 30 s window (ms) |" in text
 
 
-def test_report_compares_ctranslate2_with_pytorch_as_it_does_max(report_dir):
+def test_report_compares_every_engine_with_pytorch_as_it_does_max(report_dir):
     document = json.loads((report_dir / "parity.json").read_text())
     peers = document["peers"]
-    assert list(peers["engines"]) == ["ct2-float32", "ct2-int8"]
+    assert list(peers["labels"]) == ["max", "max-float16", "ct2-float32", "ct2-int8"]
     steps = document["decoder"]["teacher_forced"]["steps"] - peers["teacher_forced_from_step"]
     assert peers["max"]["teacher_forced"]["steps"] == steps
-    for name in peers["engines"]:
+    for name in ["max-float16", "ct2-float32", "ct2-int8"]:
         peer = peers[name]
         assert peer["teacher_forced"]["steps"] == steps
-        assert len(peer["transcripts"]) == len(document["transcripts"])
+        assert len(peer["transcripts"]) == peer["clips"] == len(document["transcripts"])
     # float32 CTranslate2 runs the very same weights: float32 round-off from PyTorch
     assert peers["ct2-float32"]["encoder"]["rel_l2"] < 1e-5
     assert peers["ct2-float32"]["teacher_forced"]["top1_agreement"] == 1.0
     # int8 weights are not the checkpoint's: their error is orders of magnitude larger
     assert peers["ct2-int8"]["encoder"]["rel_l2"] > 100 * peers["ct2-float32"]["encoder"]["rel_l2"]
     text = (report_dir / "report.md").read_text()
-    assert "## Peers: CTranslate2" in text and "| CTranslate2 int8 |" in text
+    assert "## Drift of every engine" in text and "| CTranslate2 int8 |" in text
