@@ -14,7 +14,15 @@ to check this packing). A packed weight of an (n_out, n_in) float matrix is uint
 The quantisers are round-to-nearest (llama.cpp's reference rounding for q4_0; for the k-quants
 plain min/max scales without llama.cpp's search for the best scale). The k-quants need
 ``n_in`` to be a multiple of 256: ``pad_columns`` pads a weight (and the graph pads the
-activation) with zero columns, which add nothing to the product.
+activation) with zero columns, which add nothing to the product. The kernels also need a
+multiple of 32 output rows (tiny's vocabulary, 51864, is padded to 51872, the rows sliced off).
+
+Measured on pretrained tiny.en (2-core EPYC shared with other jobs, so timings are noisy; the
+least contended run): ms/token of greedy decoding, median of 7, float32 6.1, float16 3.8,
+q6_k 3.6, q4_0 3.0, CTranslate2 int8 7.8 in the same runs. Teacher-forced on the LibriVox window
+against PyTorch float32: float16 top-1 100%, max KL 9e-6; q6_k 100%, 0.030; q4_0 96.2%, 0.33
+(CTranslate2 int8: 98.7%, 0.042). Greedy tokens equal PyTorch's on the 12 real clips: float16
+12, q6_k 9, q4_0 9 (CTranslate2 int8 11); on base: 12, 11, 7 (11).
 """
 
 from __future__ import annotations
