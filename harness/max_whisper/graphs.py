@@ -18,6 +18,7 @@ from max.graph import Graph
 from whisper.model import ModelDimensions
 
 from harness.max_whisper.engine import Engine
+from harness.max_whisper.quantized import FLOAT32, WeightsMode
 from harness.max_whisper.variant import FAITHFUL, Variant
 from harness.max_whisper.weights import registry
 
@@ -33,8 +34,10 @@ class BoundGraphs:
         state_dict: Mapping[str, torch.Tensor],
         engine: Engine,
         variant: Variant = FAITHFUL,
+        weights: WeightsMode | str = FLOAT32,
     ) -> None:
         self.dims, self.state_dict, self.engine, self.variant = dims, state_dict, engine, variant
+        self.weights_mode = WeightsMode.parse(weights)  # read by the graph kinds that support it
         self._models: dict[str, Model] = {}
 
     def model(self, kind: str, prefix: str) -> Model:

@@ -16,7 +16,7 @@ under a mode come from ``logits`` fed the whole sequence (the step takes n token
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -24,15 +24,12 @@ import torch
 from max.driver import Buffer
 from max.dtype import DType
 from max.graph import BufferType, DeviceRef, Graph, TensorType, Value, ops
-from whisper.model import ModelDimensions
 
 from harness.max_whisper import decoder
 from harness.max_whisper.audio_encoder import Stage
-from harness.max_whisper.engine import Engine, to_numpy
+from harness.max_whisper.engine import to_numpy
 from harness.max_whisper.graphs import BoundGraphs
 from harness.max_whisper.layers import Scope
-from harness.max_whisper.quantized import FLOAT32, WeightsMode
-from harness.max_whisper.variant import FAITHFUL, Variant
 from harness.max_whisper.weights import registry
 
 Build = Callable[[Scope, Sequence[Value]], list]
@@ -55,17 +52,6 @@ class MaxTextDecoder(BoundGraphs):
     offset: int = 0
     _kv: list[Buffer] | None = None
     _cache: list[Buffer] = []  # never mutated in place: _allocate_cache assigns a new list
-
-    def __init__(
-        self,
-        dims: ModelDimensions,
-        state_dict: Mapping[str, torch.Tensor],
-        engine: Engine,
-        variant: Variant = FAITHFUL,
-        weights: WeightsMode | str = FLOAT32,
-    ) -> None:
-        super().__init__(dims, state_dict, engine, variant)
-        self.weights_mode = WeightsMode.parse(weights)
 
     # -- stages, whole sequence, no cache -------------------------------------------------------
 
