@@ -21,7 +21,6 @@ from pathlib import Path
 import av
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 from whisper.audio import SAMPLE_RATE
 
 from harness.errors import HarnessError
@@ -99,6 +98,8 @@ def _load_with_soundfile(path: Path) -> np.ndarray:
     mono = frames.mean(axis=1)
     if rate != SAMPLE_RATE:
         common = gcd(SAMPLE_RATE, rate)
+        from scipy.signal import resample_poly  # ~1 s of imports: only files not at 16 kHz
+
         mono = resample_poly(mono, SAMPLE_RATE // common, rate // common)
     return mono.astype(np.float32)
 
