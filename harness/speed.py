@@ -294,13 +294,16 @@ def side_by_side(
 
 def summary(times: dict[str, list[float]]) -> dict[str, Any]:
     """``median`` and ``runs`` per backend; ``speedup[m][p]``: how many times faster MAX mode
-    ``m`` is than peer ``p`` (p's median over m's), for every MAX mode and every other engine."""
-    medians = {name: statistics.median(runs) for name, runs in times.items()}
+    ``m`` is than peer ``p`` (p's median over m's), for every MAX mode and every other engine.
+    Runs are kept to 4 significant digits and the medians taken of those, so each median lies
+    within its runs as written."""
+    runs = {name: [float(f"{t:.4g}") for t in measured] for name, measured in times.items()}
+    medians = {name: statistics.median(measured) for name, measured in runs.items()}
     modes = [name for name in medians if name.startswith("max")]
     peers = [name for name in medians if not name.startswith("max")]
     return {
         "median": medians,
-        "runs": {name: [float(f"{t:.4g}") for t in runs] for name, runs in times.items()},
+        "runs": runs,
         "speedup": {m: {p: medians[p] / medians[m] for p in peers} for m in modes},
     }
 
