@@ -127,6 +127,13 @@ def _add_transcribe(commands: argparse._SubParsersAction) -> None:
     run.add_argument("audio", type=Path)
     _model_arguments(run)
     run.add_argument("--backend", choices=["max", "torch"], default="max")
+    run.add_argument(
+        "--weights",
+        default="float32",
+        metavar="MODE",
+        help="MAX's decoding weights: float32 (default), float16, bfloat16, q4_0, q4_k, q6_k, "
+        "MODE:logits (see report --weights)",
+    )
     run.add_argument("--language", default=None, help="e.g. en; default: detected by the model")
     run.add_argument("--json", action="store_true", help="print text, tokens and segments as JSON")
     run.set_defaults(run=_transcribe)
@@ -173,6 +180,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
+    _check_weights_mode(args.weights)
     audio = load_audio(args.audio)
     checkpoint = checkpoints.load(args.model or checkpoints.DEFAULT_MODEL)
     if args.backend == "max":
@@ -183,7 +191,7 @@ def _transcribe(args: argparse.Namespace) -> int:
             on_compile=progress.compiling,
             on_load=lambda graph: progress(f"loading {graph} from the compiled-graph cache"),
         )
-        model = MaxWhisper(checkpoint, engine)
+        model = MaxWhisper(checkpoint, engine, weights=args.weights)
     else:
         model = checkpoint.model
     result = transcribe(model, audio, language=args.language)

@@ -410,8 +410,8 @@ def _speed_section(speed: dict[str, Any] | None) -> Section | None:
     if clip := speed.get("first_transcript_clip"):
         bullets.append(
             f"Time to first transcript: {clip['name']} ({clip['seconds']:.1f} s), a new process "
-            "per run with warm caches: python -m harness transcribe (MAX float32 weights, "
-            "PyTorch), a faster-whisper script (CTranslate2)."
+            "per run with warm caches: python -m harness transcribe (PyTorch, MAX with each "
+            "weights mode), a faster-whisper script (CTranslate2)."
         )
     if load := speed.get("load_s"):
         loads = ", ".join(f"{engines.get(e, e)} {seconds:.2f} s" for e, seconds in load.items())

@@ -102,7 +102,7 @@ def measure(
             "runs": plan.runs,
             "engines": {b.name: b.label for b in backends},
             **_execution(checkpoint, backends, plan, progress),
-            **_first_transcripts(checkpoint, candidate, peers, plan, progress),
+            **_first_transcripts(checkpoint, candidate, modes, peers, plan, progress),
             "compile_s": {
                 "cold": cold_compile_seconds(checkpoint, engine) if plan.cold_compile else None,
                 "warm": encoder_compile_seconds(candidate.audio_encoder),
@@ -150,21 +150,29 @@ def _execution(
 def _first_transcripts(
     checkpoint: Checkpoint,
     candidate: MaxWhisper,
+    modes: Sequence[MaxWhisper],
     peers: Sequence[CTranslate2Whisper],
     plan: Plan,
     progress: Progress,
 ) -> dict[str, Any]:
     """``first_transcript_s``: a new process per run, from its start to its transcript, warm
-    caches, the engines in turn: ``python -m harness transcribe`` for PyTorch and MAX (float32
-    weights), a faster-whisper script for CTranslate2."""
+    caches, the engines in turn: ``python -m harness transcribe`` for PyTorch and each MAX
+    weights mode, a faster-whisper script for CTranslate2."""
     if plan.first_clip is None:
         return {}
     engine, dtype = candidate.engine, candidate.engine.dtype.name
     clip, language = plan.first_clip, transcription_language(checkpoint)
     chosen = ["--language", language] if language else []
     commands = {
-        backend: [*harness_command(backend, checkpoint.name, clip, *setup), *chosen]
-        for backend, setup in (("torch", ("cpu", "float32")), ("max", (engine.device, dtype)))
+        "torch": [*harness_command("torch", checkpoint.name, clip), *chosen],
+        **{
+            model.name: [
+                *harness_command("max", checkpoint.name, clip, engine.device, dtype),
+                *chosen,
+                *("--weights", model.weights),
+            ]
+            for model in (candidate, *modes)
+        },
     }
     for peer in peers:
         commands[peer.name] = ctranslate2_peer.first_transcript_command(peer, clip, language)
