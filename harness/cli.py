@@ -151,7 +151,11 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    weights = DEFAULT_WEIGHTS if args.weights is None else args.weights
+    # weights modes pair float32 activations with other weights; GGML blocks are CPU kernels
+    plain = args.device == "cpu" and args.dtype == "float32"
+    if args.weights and not plain:
+        raise HarnessError("--weights: MAX weights modes run on the CPU with --dtype float32")
+    weights = (DEFAULT_WEIGHTS if plain else ()) if args.weights is None else args.weights
     for mode in weights:
         _check_weights_mode(mode)
     progress = Progress()

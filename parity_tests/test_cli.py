@@ -158,3 +158,17 @@ def test_report_compares_every_engine_with_pytorch_as_it_does_max(report_dir):
     assert peers["ct2-int8"]["encoder"]["rel_l2"] > 100 * peers["ct2-float32"]["encoder"]["rel_l2"]
     text = (report_dir / "report.md").read_text()
     assert "## Drift of every engine" in text and "| CTranslate2 int8 |" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--weights", "q9"), "--weights: unknown weights mode 'q9'"),
+        (("--weights", "q4_0", "--dtype", "bfloat16"), "run on the CPU with --dtype float32"),
+    ],
+)
+def test_report_refuses_a_bad_weights_mode_before_any_work(args, message):
+    result = harness("report", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert message in result.stderr and "Traceback" not in result.stderr
