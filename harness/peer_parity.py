@@ -122,7 +122,7 @@ def _transcribed(
     return {
         "transcripts": results,
         **_tokens_equal(results),
-        "wer": {clips: pooled[name] for clips, pooled in corpus_wer(results, (name,)).items()},
+        "wer": {set_: pooled[name] for set_, pooled in corpus_wer(results, (name,)).items()},
     }
 
 
