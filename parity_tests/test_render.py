@@ -246,3 +246,15 @@ def test_word_error_rates_are_pooled_per_clip_set(sample):
         "real human speech (fixtures/speech): PyTorch 2.5%, MAX 2.5% (12 clips, 200 words"
         in bullets
     )
+
+
+def test_peers_that_could_not_run_are_said_and_the_report_stays_whole(sample):
+    sample["peers"] = {
+        "skipped": "no tokenizer.json/config.json for CTranslate2 (vocabulary 51866)"
+    }
+    text = markdown(sample)
+    drift = section(
+        text, "Drift of every engine: MAX weights modes and CTranslate2 (faster-whisper's engine)"
+    )
+    assert "CTranslate2 not compared: no tokenizer.json/config.json" in drift
+    assert "## Speed" in text and verdict(sample)["pass"]
