@@ -70,10 +70,7 @@ def decoder_parity(
     cached = incremental_logits(candidate, tokens, audio_features, prompt_length(checkpoint))
     per_step = step_metrics(cached, reference["logits"])
     return {
-        "steps": len(per_step),
-        "top1_agreement": float(np.mean([s["top1_match"] for s in per_step])),
-        "max_kl": max(s["kl"] for s in per_step),
-        "max_abs_logit": max(s["max_abs"] for s in per_step),
+        **step_summary(per_step),
         "min_top2_gap": min(s["top2_gap"] for s in per_step),
         "cached_vs_full": compare(cached, chained["logits"]),
         "first_divergent_stage": first_divergent(stages, tolerances),
@@ -92,6 +89,17 @@ def incremental_logits(
         logits.append(candidate.logits(tokens[:, i : i + 1], audio_features))
     candidate.reset()
     return np.concatenate(logits, axis=1)
+
+
+def step_summary(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over teacher-forced steps: how many, the share with the same argmax, the worst KL and
+    the largest logit difference."""
+    return {
+        "steps": len(steps),
+        "top1_agreement": float(np.mean([s["top1_match"] for s in steps])),
+        "max_kl": max(s["kl"] for s in steps),
+        "max_abs_logit": max(s["max_abs"] for s in steps),
+    }
 
 
 def step_metrics(candidate: np.ndarray, reference: np.ndarray) -> list[dict[str, Any]]:

@@ -19,7 +19,12 @@ import torch
 
 from harness.checkpoints import Checkpoint
 from harness.ctranslate2_peer import CTranslate2Whisper, describe, versions
-from harness.decoder_parity import incremental_logits, prompt_length, step_metrics
+from harness.decoder_parity import (
+    incremental_logits,
+    prompt_length,
+    step_metrics,
+    step_summary,
+)
 from harness.metrics import compare
 from harness.parity import Progress
 from harness.transcribe import MaxWhisper, transcribe
@@ -54,7 +59,7 @@ def peer_parity(
         "teacher_forced_from_step": start - 1,
         "max": {
             "encoder": document["encoder"]["fused"],
-            "teacher_forced": _summary(max_steps),
+            "teacher_forced": step_summary(max_steps),
             **_tokens_equal(document["transcripts"]),
             "wer": {name: pooled["max"] for name, pooled in document["wer"].items()},
         },
@@ -65,7 +70,7 @@ def peer_parity(
         section["labels"][mode.name] = mode.label
         section[mode.name] = {
             "weights": mode.weights,
-            "teacher_forced": _summary(step_metrics(logits[:, start - 1 :], reference_logits)),
+            "teacher_forced": step_summary(step_metrics(logits[:, start - 1 :], reference_logits)),
             **_transcribed(checkpoint, mode, document["transcripts"], clips, progress),
         }
     for peer in peers:
@@ -74,19 +79,10 @@ def peer_parity(
         section["labels"][peer.name] = peer.label
         section[peer.name] = {
             "encoder": compare(peer.encode(mel), features),
-            "teacher_forced": _summary(step_metrics(logits, reference_logits)),
+            "teacher_forced": step_summary(step_metrics(logits, reference_logits)),
             **_transcribed(checkpoint, peer, document["transcripts"], clips, progress),
         }
     return section
-
-
-def _summary(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "steps": len(steps),
-        "top1_agreement": float(np.mean([s["top1_match"] for s in steps])),
-        "max_kl": max(s["kl"] for s in steps),
-        "max_abs_logit": max(s["max_abs"] for s in steps),
-    }
 
 
 def _transcribed(
