@@ -122,6 +122,9 @@ def test_noise_floor_of_every_stage_is_measurable_and_under_every_tolerance(
         "logits",
     ]
     limit = float32_tolerances.limit("isolated", "rel_l2")
+    # The floor is PyTorch's own float32 round-off, so it depends on the CPU's kernels: the worst
+    # stage (decoder.blocks.0 of synthetic:tiny) measured 3.9e-7 on an AMD EPYC and 5.4e-7 on an
+    # Intel Xeon and in CI, where a fifth of the tolerance (4e-7) failed; a third leaves room.
     for stage, metrics in floors.items():
-        assert 0 < metrics["rel_l2"] < limit / 5, (stage, metrics)
+        assert 0 < metrics["rel_l2"] < limit / 3, (stage, metrics)
         assert not float32_tolerances.violations(metrics, "isolated"), (stage, metrics)

@@ -140,7 +140,5 @@ def test_float16_greedy_tokens_equal_pytorch(engine, load_checkpoint, clip):
     options = DecodingOptions(language="en", without_timestamps=True, fp16=False)
     with torch.no_grad():
         reference = whisper.decode(checkpoint.model, features, options).tokens
-    model = MaxWhisper(checkpoint, engine)
-    state = checkpoint.model.state_dict()
-    model.text_decoder = MaxTextDecoder(checkpoint.dims, state, engine, weights="float16")
+    model = MaxWhisper(checkpoint, engine, weights="float16")
     assert model.decode(features, options).tokens == reference

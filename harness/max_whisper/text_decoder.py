@@ -115,6 +115,7 @@ class MaxTextDecoder(BoundGraphs):
             *self._cache,
         )
         self.offset += n
+        self._settle()
         return to_numpy(outputs[0])
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
@@ -132,6 +133,17 @@ class MaxTextDecoder(BoundGraphs):
             return
         rows = self.engine.to_device(np.asarray(source_indices, dtype=np.int64))
         self.model("reorder", "decoder.").execute(rows, *self._cache)
+        self._settle()
+
+    def _settle(self) -> None:
+        """Wait for the device to finish this call's work before Python goes on.
+
+        The caches are written in place, so the next step must not start while one is still being
+        written. CPU ``execute`` has been synchronous in every check, but a CI run crashed once
+        (segfault in a MAX worker thread during greedy decoding, not reproduced here); this makes
+        the ordering explicit for a few microseconds per step.
+        """
+        self.engine.session.devices[0].synchronize()
 
     def _cross_kv(self, audio_features: np.ndarray, batch: int) -> list[Buffer]:
         rows = audio_features.shape[0]
