@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from harness import checkpoints, tolerances
-from harness.checkpoints import Checkpoint
+from harness.compare import tolerances
+from harness.inputs import checkpoints
+from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.engine import Engine
 
 

@@ -15,14 +15,16 @@ from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
 
-from harness import checkpoints, gate
-from harness.audio import load_audio
+from harness.compare import gate
+from harness.compare.transcripts import report_clips
 from harness.errors import HarnessError
+from harness.inputs import checkpoints
+from harness.inputs.audio import load_audio
 from harness.max_whisper.engine import DTYPES, Engine
+from harness.max_whisper.whisper import MaxWhisper, transcribe
+from harness.paths import REPORTS
 from harness.progress import Progress
-from harness.speed import Plan
-from harness.transcribe import MaxWhisper, transcribe
-from harness.transcripts import report_clips
+from harness.speed.measure import Plan
 
 
 def _lazy(name: str) -> ModuleType:
@@ -39,14 +41,13 @@ def _lazy(name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     parent, _, child = name.rpartition(".")
-    setattr(sys.modules[parent], child, module)  # as an import does: ``harness.report`` works
+    setattr(sys.modules[parent], child, module)  # as an import does: ``harness.report.build`` works
     return module
 
 
-faults = _lazy("harness.faults")
-report = _lazy("harness.report")
+faults = _lazy("harness.faults.localise")
+report = _lazy("harness.report.build")
 
-REPORTS = Path(__file__).resolve().parent.parent / "reports"
 # MAX's fastest decoding weights mode whose drift from PyTorch is within CTranslate2 int8's on
 # every measure (README, Speed); every report measures it beside float32.
 DEFAULT_WEIGHTS = ("float16",)

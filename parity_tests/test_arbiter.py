@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import whisper
 
-from harness import tracer
-from harness.arbiter import judge
-from harness.audio import load_audio
-from harness.decoder_parity import teacher_tokens
-from harness.noise_floor import Float64Reference, noise_floor
-from harness.parity import arbiter_for, compare_stages, first_divergent
-from harness.report import DEFAULT_AUDIO
-from harness.transcripts import true_text
+from harness.compare.decoder_parity import teacher_tokens
+from harness.compare.stage_walk import arbiter_for, compare_stages, first_divergent
+from harness.compare.transcripts import true_text
+from harness.inputs.audio import load_audio
+from harness.reference import tracer
+from harness.reference.arbiter import judge
+from harness.reference.noise_floor import Float64Reference, noise_floor
+from harness.report.build import DEFAULT_AUDIO
 
 MODEL = "synthetic:tiny"
 NOISE = 1e-3  # relative: 500x the isolated rel_l2 tolerance, like a real porting bug

@@ -18,11 +18,12 @@ import pytest
 import soundfile as sf
 from scipy.signal import correlate, correlation_lags, resample_poly
 
-import harness.audio
-from harness.audio import SAMPLE_RATE, audio_duration_s, load_audio
+import harness.inputs.audio
 from harness.errors import HarnessError
+from harness.inputs.audio import SAMPLE_RATE, audio_duration_s, load_audio
+from harness.paths import FIXTURES
 
-AUDIO_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
+AUDIO_DIR = FIXTURES / "audio"
 
 # Expected durations (seconds) of the committed clips, with slack for a regenerated espeak-ng.
 CLIP_DURATIONS_S = {
@@ -113,7 +114,7 @@ def test_stereo_44k_flac_is_resampled_and_averaged_to_match_short_wav() -> None:
 def test_pyav_path_gives_the_same_bits_as_soundfile_for_16k_wav() -> None:
     """The promise whisper's ffmpeg path makes (int16 / 32768) holds for the PyAV path too."""
     path = AUDIO_DIR / "short.wav"
-    np.testing.assert_array_equal(harness.audio._load_with_pyav(path), load_audio(path))
+    np.testing.assert_array_equal(harness.inputs.audio._load_with_pyav(path), load_audio(path))
 
 
 class Alignment(NamedTuple):

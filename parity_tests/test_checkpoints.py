@@ -5,8 +5,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from harness import checkpoints
 from harness.errors import HarnessError
+from harness.inputs import checkpoints
 
 
 def test_synthetic_is_same_bytes_every_time(tmp_path, monkeypatch):

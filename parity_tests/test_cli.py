@@ -4,13 +4,11 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from harness.report import write_json
-
-REPO = Path(__file__).resolve().parent.parent
+from harness.paths import REPO
+from harness.report.build import write_json
 
 
 def harness(*args: str) -> subprocess.CompletedProcess:

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness import checkpoints, ctranslate2_format, pretrained
 from harness.errors import HarnessError
-
-REPO = Path(__file__).resolve().parent.parent
+from harness.inputs import checkpoints, ctranslate2_format, pretrained
+from harness.paths import REPO
 
 
 @pytest.fixture(autouse=True)

@@ -13,13 +13,13 @@ import pytest
 import torch
 import whisper
 
-from harness import ctranslate2_peer
-from harness.audio import load_audio
-from harness.decoder_parity import prompt_length, step_metrics, teacher_tokens
+from harness.compare.decoder_parity import prompt_length, step_metrics, teacher_tokens
+from harness.compare.metrics import compare
+from harness.compare.transcripts import true_text
 from harness.errors import HarnessError
-from harness.metrics import compare
-from harness.report import DEFAULT_AUDIO
-from harness.transcripts import true_text
+from harness.inputs.audio import load_audio
+from harness.peers import ctranslate2 as ctranslate2_peer
+from harness.report.build import DEFAULT_AUDIO
 
 THREADS = 2
 

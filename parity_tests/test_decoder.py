@@ -10,13 +10,13 @@ import torch
 import whisper
 from whisper.decoding import DecodingOptions, DecodingTask
 
-from harness import tracer
-from harness.audio import load_audio
-from harness.decoder_parity import MIN_STEPS, decoder_parity, prompt_length, teacher_tokens
+from harness.compare.decoder_parity import MIN_STEPS, decoder_parity, prompt_length, teacher_tokens
+from harness.compare.transcripts import true_text
+from harness.inputs.audio import load_audio
 from harness.max_whisper.inference import MaxInference
 from harness.max_whisper.text_decoder import MaxTextDecoder
-from harness.report import DEFAULT_AUDIO
-from harness.transcripts import true_text
+from harness.reference import tracer
+from harness.report.build import DEFAULT_AUDIO
 
 MODELS = [
     "synthetic:tiny",

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import whisper
 
-from harness import tracer
-from harness.audio import load_audio
+from harness.compare.stage_walk import encoder_parity
 from harness.errors import HarnessError
+from harness.inputs.audio import load_audio
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
-from harness.parity import encoder_parity
-from harness.report import DEFAULT_AUDIO
+from harness.reference import tracer
+from harness.report.build import DEFAULT_AUDIO
 
 # Random weights of two sizes, and pretrained Whisper of the same sizes (the pinned weight
 # packages when OpenAI's files are not cached): real weights have outlier channels and

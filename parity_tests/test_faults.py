@@ -21,12 +21,13 @@ import pytest
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorType, ops
 
-from harness import faults, tolerances
-from harness.arbiter import arbitrate
-from harness.faults import CATALOGUE, CONTROL, Check, Fault, reference, run_faults
+from harness.compare import tolerances
+from harness.faults import localise as faults
+from harness.faults.localise import CATALOGUE, CONTROL, Check, Fault, reference, run_faults
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
+from harness.max_whisper.substages import RESIDUAL
 from harness.max_whisper.variant import FAITHFUL
-from harness.substages import RESIDUAL
+from harness.reference.arbiter import arbitrate
 
 MODEL = "synthetic:tiny"
 slow = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Time to first transcript (harness/first_transcript.py) and what it rests on.
+"""Time to first transcript (harness/speed/first_transcript.py) and what it rests on.
 
 A new process per file: compiled graphs are kept across processes (the engine's store of MEF
 files), a compile is announced only when it is one, the checkpoint is validated without building
@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,15 +19,16 @@ from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorType
 from whisper.model import AudioEncoder, TextDecoder
 
-from harness import checkpoints, first_transcript
-from harness.audio import load_audio
 from harness.errors import HarnessError
+from harness.inputs import checkpoints
+from harness.inputs.audio import load_audio
 from harness.max_whisper import engine as engine_module
 from harness.max_whisper.engine import Engine
 from harness.max_whisper.mel import MaxLogMel
-from harness.transcribe import transcribe
+from harness.max_whisper.whisper import transcribe
+from harness.paths import REPO
+from harness.speed import first_transcript
 
-REPO = Path(__file__).resolve().parent.parent
 SHORT = REPO / "fixtures" / "audio" / "short.wav"
 
 
@@ -65,7 +65,8 @@ def test_a_failing_or_changing_command_is_an_error_not_a_time():
 def test_transcribe_imports_none_of_the_report_machinery():
     code = (
         "import sys; from harness import cli; cli._transcribe_parser(); "
-        "print(sorted(m for m in ('pandas', 'matplotlib', 'harness.plots') if m in sys.modules))"
+        "heavy = ('pandas', 'matplotlib', 'harness.report.plots'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.stdout.strip() == "[]", result.stderr
@@ -73,8 +74,8 @@ def test_transcribe_imports_none_of_the_report_machinery():
 
 def test_the_lazily_imported_modules_are_the_modules():
     code = (
-        "import harness.cli, harness.report, harness.checkpoints as c; "
-        "print(harness.report.DEFAULT_MODEL == c.DEFAULT_MODEL, callable(harness.cli.faults.run))"
+        "import harness.cli, harness.report.build as b, harness.inputs.checkpoints as c; "
+        "print(b.DEFAULT_MODEL == c.DEFAULT_MODEL, callable(harness.cli.faults.run))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.stdout.split() == ["True", "True"], result.stderr

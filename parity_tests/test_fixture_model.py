@@ -5,31 +5,31 @@ espeak-ng speech (fixtures/train/). The clips in fixtures/models/speech_heldout/
 held-out test split: sentences never used in training, three of the five spoken in a voice and at
 a speed never used in training. They are committed (fixtures/train/make_heldout_clips.py wrote
 them), so no espeak-ng is needed here. Both backends run the same openai-whisper transcription
-(``harness.transcribe.transcribe``: whisper.transcribe, greedy, timestamped decoding).
+(``harness.max_whisper.whisper.transcribe``: whisper.transcribe, greedy, timestamped decoding).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import soundfile as sf
 import torch
 from whisper.model import ModelDimensions
 
-from harness import checkpoints
-from harness.audio import SAMPLE_RATE, load_audio
-from harness.checkpoints import (
+from harness.compare.wer import edit_distance, words
+from harness.inputs import checkpoints
+from harness.inputs.audio import SAMPLE_RATE, load_audio
+from harness.inputs.checkpoints import (
     EMBEDDING,
     FIXTURE_MODELS,
     compact_checkpoint,
     expanded_checkpoint,
 )
-from harness.transcribe import MaxWhisper, Transcript, transcribe
-from harness.wer import edit_distance, words
+from harness.max_whisper.whisper import MaxWhisper, Transcript, transcribe
+from harness.paths import FIXTURES
 
-HELDOUT_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "models" / "speech_heldout"
+HELDOUT_DIR = FIXTURES / "models" / "speech_heldout"
 TRANSCRIPTS = json.loads((HELDOUT_DIR / "transcripts.json").read_text(encoding="utf-8"))
 CLIPS = sorted(name for name in TRANSCRIPTS if name != "_provenance")
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from harness.gate import ROUNDING_FLOOR, regressions, rel_l2s
-from harness.verdict import verdict
+from harness.compare.gate import ROUNDING_FLOOR, regressions, rel_l2s
+from harness.compare.verdict import verdict
+from harness.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "fixtures" / "sample_parity.json"
 
 
@@ -28,7 +28,10 @@ def sample() -> dict[str, Any]:
 
 def gate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "harness.gate", *args], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "harness.compare.gate", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
 
 

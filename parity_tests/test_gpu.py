@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,14 +15,14 @@ import torch
 import whisper
 from max.driver import accelerator_count
 
-from harness import tolerances
-from harness.audio import load_audio
+from harness.compare import tolerances
+from harness.compare.metrics import compare
+from harness.inputs.audio import load_audio
 from harness.max_whisper.engine import DTYPES, Engine
-from harness.metrics import compare
-from harness.report import DEFAULT_AUDIO
-from harness.transcribe import MaxWhisper
+from harness.max_whisper.whisper import MaxWhisper
+from harness.paths import REPO
+from harness.report.build import DEFAULT_AUDIO
 
-REPO = Path(__file__).resolve().parent.parent
 HAS_GPU = accelerator_count() > 0
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="MAX sees no accelerator on this machine")
 

@@ -8,7 +8,6 @@ Spectrograms are compared as (frames, n_mels), so ``min_frame_cosine`` is per fr
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,16 +16,17 @@ import torch
 import whisper
 from whisper.audio import N_SAMPLES
 
-from harness import tolerances
-from harness.audio import load_audio
+from harness.compare import tolerances
+from harness.compare.metrics import Metrics, compare
 from harness.errors import HarnessError
+from harness.inputs.audio import load_audio
 from harness.max_whisper.engine import Engine
 from harness.max_whisper.mel import MaxLogMel
 from harness.max_whisper.transcribe_hook import TRANSCRIBE_MODULE, max_log_mel
 from harness.max_whisper.variant import Variant
-from harness.metrics import Metrics, compare
+from harness.paths import FIXTURES
 
-AUDIO_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
+AUDIO_DIR = FIXTURES / "audio"
 CLIPS = ["short.wav", "sentences.wav", "long.wav", "silence.wav"]
 
 

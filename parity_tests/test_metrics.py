@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.metrics import compare, frame_cosines
+from harness.compare.metrics import compare, frame_cosines
 
 
 def test_identical_tensors_are_perfect():

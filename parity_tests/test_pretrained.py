@@ -8,15 +8,15 @@ names and a spoken command (``fixtures/speech``, from Debian's pocketsphinx-test
 
 import pytest
 
-from harness.language import compare_languages
-from harness.transcribe import MaxWhisper
-from harness.transcripts import (
+from harness.compare.language import compare_languages
+from harness.compare.transcripts import (
     compare_transcripts,
     corpus_wer,
     load_clips,
     speech_clips,
     transcription_language,
 )
+from harness.max_whisper.whisper import MaxWhisper
 
 # tiny.en's published WER on LibriSpeech test-clean is 5.6%; the bar for these five
 # LibriVox readings is 10% for both backends.

@@ -18,13 +18,13 @@ from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorType, Weight, ops
 from whisper.decoding import DecodingOptions
 
-from harness.audio import load_audio
+from harness.compare.transcripts import speech_clips
+from harness.inputs.audio import load_audio
 from harness.max_whisper import quantized
 from harness.max_whisper.quantized import ENCODINGS, HALF, WeightsMode
 from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.max_whisper.weights import registry
-from harness.transcribe import MaxWhisper
-from harness.transcripts import speech_clips
+from harness.max_whisper.whisper import MaxWhisper
 
 N_OUT, N_IN, ROWS = 100, 384, 3
 MODES = (*HALF, *ENCODINGS)

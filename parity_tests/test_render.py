@@ -8,19 +8,19 @@ is compiled.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
-from harness import tolerances
-from harness.html import html
-from harness.outputs import write_outputs
-from harness.render import Words, markdown, word_diff
-from harness.verdict import comparisons, verdict
+from harness.compare import tolerances
+from harness.compare.verdict import comparisons, verdict
+from harness.paths import FIXTURES
+from harness.report.html import html
+from harness.report.outputs import write_outputs
+from harness.report.render import Words, markdown, word_diff
 
-SAMPLE = Path(__file__).resolve().parent.parent / "fixtures" / "sample_parity.json"
+SAMPLE = FIXTURES / "sample_parity.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_PLOTS = {
     "encoder_stages.png",

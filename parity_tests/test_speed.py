@@ -16,13 +16,13 @@ import pytest
 import torch
 import whisper
 
-from harness import ctranslate2_peer
-from harness.audio import load_audio
+from harness.inputs.audio import load_audio
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.max_whisper.inference import MaxInference
-from harness.report import DEFAULT_AUDIO
-from harness.speed import Reference, decode_seconds, side_by_side, transcription_prompt
-from harness.transcribe import MaxWhisper
+from harness.max_whisper.whisper import MaxWhisper
+from harness.peers import ctranslate2 as ctranslate2_peer
+from harness.report.build import DEFAULT_AUDIO
+from harness.speed.measure import Reference, decode_seconds, side_by_side, transcription_prompt
 
 BENCH_MODEL = os.environ.get("BENCH_MODEL", "tiny.en")
 BENCH_DTYPE = os.environ.get("BENCH_DTYPE", "float32")

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from harness import tolerances
-from harness.language import language_metrics
-from harness.metrics import compare
-from harness.verdict import check, limits_of, verdict
+from harness.compare import tolerances
+from harness.compare.language import language_metrics
+from harness.compare.metrics import compare
+from harness.compare.verdict import check, limits_of, verdict
+from harness.paths import FIXTURES
 
-SAMPLE = Path(__file__).resolve().parent.parent / "fixtures" / "sample_parity.json"
+SAMPLE = FIXTURES / "sample_parity.json"
 CLEAN = {"rel_l2": 0.0, "cosine": 1.0, "min_frame_cosine": 1.0}
 
 

@@ -6,8 +6,8 @@ size: width 128, 2+2 layers), whose transcripts are real words.
 
 import pytest
 
-from harness.transcribe import MaxWhisper, transcribe
-from harness.transcripts import fixture_clips, load_clips, true_text
+from harness.compare.transcripts import fixture_clips, load_clips, true_text
+from harness.max_whisper.whisper import MaxWhisper, transcribe
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.wer import edit_distance, word_error_rate
+from harness.compare.wer import edit_distance, word_error_rate
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from harness.audio import load_audio
 from harness.errors import HarnessError
+from harness.inputs.audio import load_audio
 from harness.max_whisper.mel import MaxLogMel
 
 # ``whisper.transcribe`` the attribute is the function (``whisper/__init__.py`` re-exports it),

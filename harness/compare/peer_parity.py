@@ -17,19 +17,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.checkpoints import Checkpoint
-from harness.ctranslate2_peer import CTranslate2Whisper, describe, versions
-from harness.decoder_parity import (
+from harness.compare.decoder_parity import (
     incremental_logits,
     prompt_length,
     step_metrics,
     step_summary,
 )
-from harness.metrics import compare
-from harness.parity import Progress
-from harness.transcribe import MaxWhisper, transcribe
-from harness.transcripts import corpus_wer, first_difference, transcription_language, true_text
-from harness.wer import word_error_rate
+from harness.compare.metrics import compare
+from harness.compare.stage_walk import Progress
+from harness.compare.transcripts import (
+    corpus_wer,
+    first_difference,
+    transcription_language,
+    true_text,
+)
+from harness.compare.wer import word_error_rate
+from harness.inputs.checkpoints import Checkpoint
+from harness.max_whisper.whisper import MaxWhisper, transcribe
+from harness.peers.ctranslate2 import CTranslate2Whisper, describe, versions
 
 
 def peer_parity(

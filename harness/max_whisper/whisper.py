@@ -19,7 +19,7 @@ import torch
 import whisper
 from whisper.decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
 
-from harness.checkpoints import Checkpoint
+from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
 from harness.max_whisper.engine import Engine
 from harness.max_whisper.inference import MaxInference

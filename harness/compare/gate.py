@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness.compare.verdict import comparisons, verdict
 from harness.errors import HarnessError
-from harness.verdict import comparisons, verdict
 
 SCHEMA = 1
 # A decade: reshuffled float32 round-off (another fusion, summation order or MAX release) moves
@@ -139,8 +139,8 @@ def regressions(document: dict[str, Any], baseline: dict[str, float], factor: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m harness.gate``: the same command, usable apart from harness/cli.py."""
-    parser = argparse.ArgumentParser(prog="python -m harness.gate", description=__doc__)
+    """``python -m harness.compare.gate``: the same command, usable apart from harness/cli.py."""
+    parser = argparse.ArgumentParser(prog="python -m harness.compare.gate", description=__doc__)
     _arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -14,11 +14,11 @@ from typing import TypedDict
 
 import numpy as np
 
-from harness.arbiter import Verdict
+from harness.compare.metrics import Metrics, compare
+from harness.compare.tolerances import Tolerances
 from harness.max_whisper.audio_encoder import MaxAudioEncoder, Stage
-from harness.metrics import Metrics, compare
-from harness.noise_floor import Float64Reference
-from harness.tolerances import Tolerances
+from harness.reference.arbiter import Verdict
+from harness.reference.noise_floor import Float64Reference
 
 
 class StageResult(TypedDict):

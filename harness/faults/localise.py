@@ -37,28 +37,31 @@ import whisper
 from max import graph as max_graph
 from whisper.decoding import DecodingOptions, DecodingResult, Inference
 
-from harness import checkpoints, tolerances, tracer
-from harness.arbiter import arbitrate
-from harness.audio import load_audio
-from harness.checkpoints import Checkpoint
-from harness.decoder_parity import teacher_tokens
+from harness.compare import tolerances
+from harness.compare.decoder_parity import teacher_tokens
+from harness.compare.metrics import Metrics, compare
+from harness.compare.stage_walk import Progress
+from harness.compare.tolerances import Tolerances
 from harness.errors import HarnessError
+from harness.inputs import checkpoints
+from harness.inputs.audio import load_audio
+from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.max_whisper.mel import MaxLogMel
+from harness.max_whisper.substages import MaxSubStages, bisect, trace_block
 from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.max_whisper.variant import FAITHFUL, Variant
-from harness.metrics import Metrics, compare
-from harness.parity import Progress
+from harness.max_whisper.whisper import MaxDecodingTask, MaxWhisper, transcribe
+from harness.paths import FIXTURES
 from harness.progress import Progress as Printer
 from harness.progress import silent
-from harness.report import write_json
-from harness.substages import MaxSubStages, bisect, trace_block
-from harness.tolerances import Tolerances
-from harness.tracer import Trace
-from harness.transcribe import MaxDecodingTask, MaxWhisper, transcribe
+from harness.reference import tracer
+from harness.reference.arbiter import arbitrate
+from harness.reference.tracer import Trace
+from harness.report.build import write_json
 
-AUDIO = Path(__file__).resolve().parent.parent / "fixtures" / "audio"
+AUDIO = FIXTURES / "audio"
 CLIP = AUDIO / "short.wav"
 
 MAX_PACKAGE = Path(max_graph.__file__).parent.parent

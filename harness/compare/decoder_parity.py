@@ -15,13 +15,13 @@ import numpy as np
 import whisper
 from scipy.special import log_softmax
 
-from harness import tracer
-from harness.checkpoints import Checkpoint
+from harness.compare.metrics import compare
+from harness.compare.stage_walk import Progress, arbiter_for, compare_stages, first_divergent
+from harness.compare.tolerances import Tolerances
+from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.text_decoder import MaxTextDecoder
-from harness.metrics import compare
-from harness.noise_floor import Float64Reference
-from harness.parity import Progress, arbiter_for, compare_stages, first_divergent
-from harness.tolerances import Tolerances
+from harness.reference import tracer
+from harness.reference.noise_floor import Float64Reference
 
 MIN_STEPS = 32
 

@@ -17,10 +17,10 @@ import torch
 import whisper
 from whisper.decoding import detect_language
 
-from harness.checkpoints import Checkpoint
-from harness.parity import Progress
+from harness.compare.stage_walk import Progress
+from harness.inputs.checkpoints import Checkpoint
+from harness.max_whisper.whisper import MaxWhisper
 from harness.progress import silent
-from harness.transcribe import MaxWhisper
 
 
 def compare_languages(

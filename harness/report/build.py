@@ -22,34 +22,36 @@ import numpy as np
 import torch
 import whisper
 
-from harness import ctranslate2_peer, tolerances, tracer
-from harness.audio import load_audio
-from harness.checkpoints import Checkpoint
-from harness.ctranslate2_peer import CTranslate2Whisper
-from harness.decoder_parity import decoder_parity, teacher_tokens
-from harness.errors import HarnessError
-from harness.language import compare_languages
-from harness.max_whisper.engine import DTYPES, Engine
-from harness.metrics import compare
-from harness.noise_floor import Float64Reference
-from harness.outputs import write_outputs
-from harness.parity import Progress, encoder_parity
-from harness.peer_parity import peer_parity
-from harness.progress import silent
-from harness.speed import Plan, measure
-from harness.tolerances import Tolerances
-from harness.transcribe import MaxWhisper
-from harness.transcripts import (
+from harness.compare import tolerances
+from harness.compare.decoder_parity import decoder_parity, teacher_tokens
+from harness.compare.language import compare_languages
+from harness.compare.metrics import compare
+from harness.compare.peer_parity import peer_parity
+from harness.compare.stage_walk import Progress, encoder_parity
+from harness.compare.tolerances import Tolerances
+from harness.compare.transcripts import (
     compare_transcripts,
     corpus_wer,
     fixture_clips,
     load_clips,
     true_text,
 )
-from harness.verdict import verdict
+from harness.compare.verdict import verdict
+from harness.errors import HarnessError
+from harness.inputs.audio import load_audio
+from harness.inputs.checkpoints import Checkpoint
+from harness.max_whisper.engine import DTYPES, Engine
+from harness.max_whisper.whisper import MaxWhisper
+from harness.paths import REPO
+from harness.peers import ctranslate2 as ctranslate2_peer
+from harness.peers.ctranslate2 import CTranslate2Whisper
+from harness.progress import silent
+from harness.reference import tracer
+from harness.reference.noise_floor import Float64Reference
+from harness.report.outputs import write_outputs
+from harness.speed.measure import Plan, measure
 
 SCHEMA = 1
-REPO = Path(__file__).resolve().parent.parent
 # 25 s of real reading (five LibriVox utterances end to end) with its true text: one window full
 # of speech for the encoder, and 77 tokens of text to teacher-force the decoder with.
 DEFAULT_AUDIO = REPO / "fixtures" / "speech" / "librivox_window.wav"

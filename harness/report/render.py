@@ -1,5 +1,5 @@
 """What the report says, in order, once: ``outline`` turns ``parity.json`` into sections and
-tables; ``markdown`` (here) and ``html`` (harness/html.py) only format them, so the two can never
+tables; ``markdown`` (here) and ``html`` (report/html.py) only format them, so the two can never
 tell different stories.
 
 The verdict and the weights' provenance come first, loudly when the weights are not pretrained;
@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from harness.tolerances import Tolerances
-from harness.verdict import (
+from harness.compare.tolerances import Tolerances
+from harness.compare.verdict import (
     check,
     language_failures,
     limits_of,
@@ -63,7 +63,7 @@ class Section:
     title: str
     bullets: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
-    plots: list[str] = field(default_factory=list)  # file names written by harness/plots.py
+    plots: list[str] = field(default_factory=list)  # file names written by harness/report/plots.py
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""report.html: the same outline as report.md (harness/render.py), self-contained.
+"""report.html: the same outline as report.md (harness/report/render.py), self-contained.
 
 One file with the figures inline as base64 PNG and plain CSS, no script: it can be attached to a
 CI run or mailed and still open anywhere.
@@ -10,7 +10,7 @@ import base64
 from html import escape
 from typing import Any
 
-from harness.render import Cell, Outline, Section, Status, Table, outline
+from harness.report.render import Cell, Outline, Section, Status, Table, outline
 
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 80em; padding: 0 1em;
@@ -35,7 +35,7 @@ figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; 
 
 
 def html(document: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
-    """The whole page; ``images`` are the PNGs from ``harness.plots.render`` by file name."""
+    """The whole page; ``images`` are the PNGs from ``harness.report.plots.render`` by file name."""
     report = outline(document)
     body = [f"<h1>{escape(report.title)}</h1>"]
     if report.banner:

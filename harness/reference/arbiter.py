@@ -25,7 +25,7 @@ from torch import nn
 from whisper.audio import HOP_LENGTH, N_FFT, mel_filters
 from whisper.model import LayerNorm, Whisper
 
-from harness.metrics import compare
+from harness.compare.metrics import compare
 
 StageFunction = Callable[..., torch.Tensor]
 

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import whisper
 
-from harness import ctranslate2_format, pretrained
-from harness.checkpoints import Checkpoint, cache_dir
 from harness.errors import HarnessError
-from harness.transcribe import Transcript
+from harness.inputs import ctranslate2_format, pretrained
+from harness.inputs.checkpoints import Checkpoint, cache_dir
+from harness.max_whisper.whisper import Transcript
 
 COMPUTE_TYPES = ("float32", "int8")
 # Files beside model.bin: faster-whisper's tokenizer, and CTranslate2's vocabulary (.txt or

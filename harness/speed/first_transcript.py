@@ -8,7 +8,7 @@ for ``--backend max`` or ``torch``. The caches are warm once each command has ru
 ``measure`` does before timing, then it runs the commands in turn, so a noisy neighbour slows
 each alike, and keeps every run.
 
-``python -m harness.first_transcript clip.wav --model tiny.en --runs 5`` prints the table.
+``python -m harness.speed.first_transcript clip.wav --model tiny.en --runs 5`` prints the table.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ("torch", "max")
 
 
@@ -166,7 +166,9 @@ def table(timings: Mapping[str, Timing]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.first_transcript", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.speed.first_transcript", description=__doc__
+    )
     parser.add_argument("clip", type=Path)
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--backend", action="append", choices=BACKENDS, help="default: both")

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.paths import FIXTURES
 
-TOLERANCE_FILE = Path(__file__).resolve().parent.parent / "fixtures" / "tolerances.json"
+TOLERANCE_FILE = FIXTURES / "tolerances.json"
 HIGHER_IS_BETTER = {
     "cosine",
     "min_frame_cosine",

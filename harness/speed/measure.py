@@ -40,22 +40,25 @@ import torch
 import whisper
 from whisper.decoding import Inference, PyTorchInference
 
-from harness import checkpoints, ctranslate2_peer, first_transcript
-from harness.audio import audio_duration_s, load_audio
-from harness.checkpoints import Checkpoint
-from harness.ctranslate2_peer import CTranslate2Whisper
-from harness.decoder_parity import tokenizer
-from harness.first_transcript import harness_command
+from harness.compare.decoder_parity import tokenizer
+from harness.compare.stage_walk import Progress
+from harness.compare.transcripts import transcription_language
+from harness.inputs import checkpoints
+from harness.inputs.audio import audio_duration_s, load_audio
+from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.max_whisper.inference import MaxInference
-from harness.parity import Progress
+from harness.max_whisper.whisper import MaxWhisper, transcribe
+from harness.paths import FIXTURES
+from harness.peers import ctranslate2 as ctranslate2_peer
+from harness.peers.ctranslate2 import CTranslate2Whisper
 from harness.progress import silent
-from harness.transcribe import MaxWhisper, transcribe
-from harness.transcripts import transcription_language
+from harness.speed import first_transcript
+from harness.speed.first_transcript import harness_command
 
 # 6 s of LibriVox: a clip a person transcribes with one command
-FIRST_TRANSCRIPT_CLIP = Path(__file__).resolve().parent.parent / "fixtures/speech/librivox_0920.wav"
+FIRST_TRANSCRIPT_CLIP = FIXTURES / "speech" / "librivox_0920.wav"
 
 
 @dataclass(frozen=True)
@@ -334,7 +337,7 @@ def cold_compile_seconds(checkpoint: Checkpoint, engine: Engine) -> float:
         command = [
             sys.executable,
             "-m",
-            "harness.speed",
+            "harness.speed.measure",
             str(checkpoint.path),
             engine.device,
             engine.dtype.name,

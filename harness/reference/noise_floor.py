@@ -23,10 +23,10 @@ from itertools import pairwise
 import numpy as np
 from whisper.model import Whisper
 
-from harness import tracer
-from harness.arbiter import Verdict, float64_stage, judge, run_float64
-from harness.checkpoints import Checkpoint
-from harness.metrics import Metrics, compare
+from harness.compare.metrics import Metrics, compare
+from harness.inputs.checkpoints import Checkpoint
+from harness.reference import tracer
+from harness.reference.arbiter import Verdict, float64_stage, judge, run_float64
 
 
 class Float64Reference:

@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from harness.audio import audio_duration_s, load_audio
-from harness.checkpoints import Checkpoint
-from harness.parity import Progress
-from harness.transcribe import MaxWhisper, Transcript, transcribe
-from harness.wer import edit_distance, word_error_rate, words
+from harness.compare.stage_walk import Progress
+from harness.compare.wer import edit_distance, word_error_rate, words
+from harness.inputs.audio import audio_duration_s, load_audio
+from harness.inputs.checkpoints import Checkpoint
+from harness.max_whisper.whisper import MaxWhisper, Transcript, transcribe
+from harness.paths import FIXTURES
 
-FIXTURE_AUDIO = Path(__file__).resolve().parent.parent / "fixtures" / "audio"
+FIXTURE_AUDIO = FIXTURES / "audio"
 FIXTURE_MODELS_DIR = FIXTURE_AUDIO.parent / "models"
 SPEECH = FIXTURE_AUDIO.parent / "speech"  # real human speech (fixtures/make_speech.py)
 FIXTURE_CLIPS = ["short.wav", "sentences.wav", "long.wav", "silence.wav"]

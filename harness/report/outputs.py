@@ -10,10 +10,10 @@ from typing import Any
 
 import pandas as pd
 
-from harness import plots
-from harness.html import html
-from harness.render import markdown
-from harness.verdict import Comparison, check, comparisons, limits_of
+from harness.compare.verdict import Comparison, check, comparisons, limits_of
+from harness.report import plots
+from harness.report.html import html
+from harness.report.render import markdown
 
 SUMMARY_METRICS = ("rel_l2", "cosine", "min_frame_cosine", "max_abs", "snr_db")
 
