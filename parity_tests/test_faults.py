@@ -22,10 +22,10 @@ from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorType, ops
 
 from harness.compare import tolerances
+from harness.compare.bisect import RESIDUAL
 from harness.faults import localise as faults
 from harness.faults.localise import CATALOGUE, CONTROL, Check, Fault, reference, run_faults
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
-from harness.max_whisper.substages import RESIDUAL
 from harness.max_whisper.variant import FAITHFUL
 from harness.reference.arbiter import arbitrate
 

@@ -16,9 +16,10 @@ import numpy as np
 
 from harness.compare.metrics import Metrics, compare
 from harness.compare.tolerances import Tolerances
-from harness.max_whisper.audio_encoder import MaxAudioEncoder, Stage
+from harness.max_whisper.audio_encoder import MaxAudioEncoder
 from harness.reference.arbiter import Verdict
 from harness.reference.noise_floor import Float64Reference
+from harness.stages import MEL, Stage
 
 
 class StageResult(TypedDict):
@@ -105,7 +106,7 @@ def encoder_parity(
         candidate.stages(),
         candidate.run_stage,
         reference,
-        "mel",
+        MEL,
         progress,
         arbiter_for(float64, tolerances),
     )

@@ -38,6 +38,7 @@ from max import graph as max_graph
 from whisper.decoding import DecodingOptions, DecodingResult, Inference
 
 from harness.compare import tolerances
+from harness.compare.bisect import bisect
 from harness.compare.decoder_parity import teacher_tokens
 from harness.compare.metrics import Metrics, compare
 from harness.compare.stage_walk import Progress
@@ -49,7 +50,7 @@ from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.max_whisper.mel import MaxLogMel
-from harness.max_whisper.substages import MaxSubStages, bisect, trace_block
+from harness.max_whisper.substages import MaxSubStages
 from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.max_whisper.variant import FAITHFUL, Variant
 from harness.max_whisper.whisper import MaxDecodingTask, MaxWhisper, transcribe
@@ -58,8 +59,9 @@ from harness.progress import Progress as Printer
 from harness.progress import silent
 from harness.reference import tracer
 from harness.reference.arbiter import arbitrate
-from harness.reference.tracer import Trace
+from harness.reference.tracer import Trace, trace_block
 from harness.report.build import write_json
+from harness.stages import stage_named
 
 AUDIO = FIXTURES / "audio"
 CLIP = AUDIO / "short.wav"
@@ -325,16 +327,13 @@ def _found(stage: str | None, reason: str, metrics: Metrics | None = None) -> di
 def _bisect(
     checkpoint: Checkpoint, engine: Engine, variant: Variant, check: Check, limits: Tolerances
 ) -> dict[str, Any]:
-    """Which sub-module of the block ``check.stage`` diverges (see ``substages.bisect``)."""
-    model, index = checkpoint.model, int(check.stage.rsplit(".", 1)[1])
-    if check.stage.startswith("decoder."):
-        block, xa, mask = model.decoder.blocks[index], check.inputs[1], model.decoder.mask
-    else:
-        block, xa, mask = model.encoder.blocks[index], None, None
-    prefix = check.stage if check.stage.startswith("decoder.") else f"encoder.{check.stage}"
-    capture = trace_block(block, check.inputs[0], xa, mask)
+    """Which sub-module of the block ``check.stage`` diverges (see ``compare.bisect``)."""
+    model, stage = checkpoint.model, stage_named(checkpoint.dims, check.stage)
+    half = model.decoder if stage.side == "decoder" else model.encoder
+    xa, mask = (check.inputs[1], model.decoder.mask) if stage.reads_audio else (None, None)
+    capture = trace_block(half.blocks[stage.block], check.inputs[0], xa, mask)
     candidate = MaxSubStages(checkpoint.dims, model.state_dict(), engine, variant)
-    sub_stage, metrics = bisect(candidate, f"{prefix}.", capture, xa, limits)
+    sub_stage, metrics = bisect(candidate, stage, capture, xa, limits)
     return {"sub_stage": sub_stage, "sub_stage_metrics": metrics}
 
 

@@ -1,14 +1,13 @@
 """The MAX audio encoder as compiled graphs: one per kind of stage, plus the fused whole.
 
-``stages()`` lists the encoder's stage boundaries in the order and with the names the tracer
-uses (``conv1``, ``conv2``, ``blocks.i``, ``ln_post``), so the parity runner can feed any stage
-either the PyTorch activation (isolated) or MAX's own previous output (chained).
+``stages()`` lists the encoder's stages from the stage table (``harness/stages.py``), so the
+parity runner can feed any stage either the PyTorch activation (isolated) or MAX's own previous
+output (chained).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,15 +20,7 @@ from harness.max_whisper.engine import to_numpy
 from harness.max_whisper.graphs import BoundGraphs
 from harness.max_whisper.layers import Scope
 from harness.max_whisper.weights import registry
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One stage boundary: its traced name, the graph kind that computes it, its weights' prefix."""
-
-    name: str
-    kind: str
-    prefix: str
+from harness.stages import Stage, encoder_stages
 
 
 class MaxAudioEncoder(BoundGraphs):
@@ -38,16 +29,7 @@ class MaxAudioEncoder(BoundGraphs):
     family = "encoder"
 
     def stages(self) -> list[Stage]:
-        blocks = [
-            Stage(f"blocks.{i}", "block", f"encoder.blocks.{i}.")
-            for i in range(self.dims.n_audio_layer)
-        ]
-        return [
-            Stage("conv1", "conv1", "encoder."),
-            Stage("conv2", "conv2", "encoder."),
-            *blocks,
-            Stage("ln_post", "ln_post", "encoder."),
-        ]
+        return encoder_stages(self.dims.n_audio_layer)
 
     def run_stage(self, stage: Stage, x: np.ndarray) -> np.ndarray:
         """Run one stage on ``x`` (mel for conv1, else (batch, frames, state)); float32 out."""
@@ -79,7 +61,7 @@ class MaxAudioEncoder(BoundGraphs):
 
     def weights(self, kind: str, prefix: str, graph: Graph) -> dict[str, torch.Tensor]:
         """The fused graph reads every weight under ``prefix``, the blocks' through subgraph
-        calls, which ``graph._weights`` lists only once, unprefixed."""
+        calls, whose weights are declared once, unprefixed, in the block subgraph."""
         if kind != "encoder":
             return super().weights(kind, prefix, graph)
         names = [k.removeprefix(prefix) for k in self.state_dict if k.startswith(prefix)]

@@ -208,23 +208,21 @@ def text_decoder_step(
     """Logits of ``tokens`` (batch, n) at positions ``offset ..``; updates the self-attention cache.
 
     ``kv`` is ``all_cross_kv``'s output and ``cache`` the self-attention buffers, both flat
-    [k0, v0, k1, v1, ...]. Block ``i`` reads the cross K/V of block ``i + cross_kv_from_block``
-    (0 in the faithful model; the offset is a planted fault). The logits (and, if it says so,
-    the linear layers) read their matrices in ``scope.weights_mode`` (float32 by default).
+    [k0, v0, k1, v1, ...]. The logits (and, if it says so, the linear layers) read their
+    matrices in ``scope.weights_mode`` (float32 by default).
     """
     n_layer, n_head = dims.n_text_layer, dims.n_text_head
     embedding = token_embedding(scope, dims)
     x = embed(scope, tokens, offset, embedding, dims)
     mask = attention_mask(scope, offset, tokens.shape[1], Dim(dims.n_text_ctx))
     for i in range(n_layer):
-        j = (i + scope.variant.cross_kv_from_block) % n_layer
         block_cache = (cache[2 * i], cache[2 * i + 1])
 
         def attn(s: Scope, h: TensorValue, block_cache=block_cache) -> TensorValue:
             return cached_self_attention(s, h, offset, block_cache, mask, n_head)
 
         x = residual_attention_block(
-            scope / "blocks" / i, x, attn, (kv[2 * j], kv[2 * j + 1]), n_head
+            scope / "blocks" / i, x, attn, (kv[2 * i], kv[2 * i + 1]), n_head
         )
     if scope.weights_mode.exact:
         return logits(ln(scope, x), embedding)

@@ -50,11 +50,7 @@ def conv2(scope: Scope, x: TensorValue, n_ctx: int) -> TensorValue:
     n_state = int(x.shape[-1])
     x = conv1d(scope / "conv2", x, n_state, n_state, stride=2, padding=scope.variant.conv2_padding)
     x = gelu(scope, x)
-    positions = scope.weight("positional_embedding", [n_ctx, n_state])
-    if scope.variant.positional_shift:  # planted fault: embedding off by some frames
-        shift = scope.variant.positional_shift
-        positions = ops.concat([positions[shift:], positions[:shift]])
-    return x + positions
+    return x + scope.weight("positional_embedding", [n_ctx, n_state])
 
 
 def self_attention(scope: Scope, x: TensorValue, n_head: int) -> TensorValue:

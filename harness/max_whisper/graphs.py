@@ -18,9 +18,10 @@ from max.graph import Graph
 from whisper.model import ModelDimensions
 
 from harness.max_whisper.engine import Engine
+from harness.max_whisper.layers import declared_weights
 from harness.max_whisper.quantized import FLOAT32, WeightsMode
 from harness.max_whisper.variant import FAITHFUL, Variant
-from harness.max_whisper.weights import registry
+from harness.max_whisper.weights import fault_remapped, registry
 
 
 class BoundGraphs:
@@ -36,7 +37,8 @@ class BoundGraphs:
         variant: Variant = FAITHFUL,
         weights: WeightsMode | str = FLOAT32,
     ) -> None:
-        self.dims, self.state_dict, self.engine, self.variant = dims, state_dict, engine, variant
+        self.dims, self.engine, self.variant = dims, engine, variant
+        self.state_dict = fault_remapped(state_dict, variant, dims)
         self.weights_mode = WeightsMode.parse(weights)  # read by the graph kinds that support it
         self._models: dict[str, Model] = {}
 
@@ -58,7 +60,7 @@ class BoundGraphs:
 
     def weights(self, kind: str, prefix: str, graph: Graph) -> dict[str, torch.Tensor]:
         """The weights ``graph`` declares, relative to the module at ``prefix``."""
-        return registry(self.state_dict, prefix, graph._weights, self.dtype)
+        return registry(self.state_dict, prefix, declared_weights(graph), self.dtype)
 
     def graph_name(self, kind: str) -> str:
         dtype = self.engine.dtype.name

@@ -8,6 +8,7 @@ shape: the values are bound at load time through the weights registry (see ``wei
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from weakref import WeakKeyDictionary
 
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorValue, Weight, ops
@@ -16,6 +17,15 @@ from max.graph.quantization import QuantizationEncoding
 from harness.max_whisper import quantized
 from harness.max_whisper.quantized import FLOAT32, WeightsMode
 from harness.max_whisper.variant import Variant
+
+# The weights each graph declared, by name. MAX keeps its own table only as a private attribute
+# (``Graph._weights``), so the layers record what they declare here instead.
+_DECLARED: WeakKeyDictionary[Graph, dict[str, Weight]] = WeakKeyDictionary()
+
+
+def declared_weights(graph: Graph) -> list[str]:
+    """The names of the weights declared while ``graph`` was being built (not its subgraphs')."""
+    return list(_DECLARED.get(graph, {}))
 
 
 @dataclass(frozen=True)
@@ -48,16 +58,20 @@ class Scope:
         (the ``key_bias`` fault reads the value's bias twice; MAX rejects a second declaration).
         ``dtype`` defaults to the scope's; ``encoding`` marks a quantised one (quantized.py)."""
         full = f"{self.prefix}.{name}" if self.prefix else name
-        if declared := Graph.current._weights.get(full):
-            return declared.weight
-        return Weight(
-            full,
-            dtype or self.dtype,
-            shape,
-            self.device,
-            quantization_encoding=encoding,
-            _placeholder=self.placeholder,
-        )
+        declared = _DECLARED.setdefault(Graph.current, {})
+        if full not in declared:
+            declared[full] = Weight(
+                full,
+                dtype or self.dtype,
+                shape,
+                self.device,
+                quantization_encoding=encoding,
+                # A subgraph's weight names get the caller's prefix (``ops.call``). MAX's public
+                # route to this flag is ``max.nn.Module.build_subgraph``, which sets the same
+                # private field; our layers are functions, not Modules, so they set it directly.
+                _placeholder=self.placeholder,
+            )
+        return declared[full]
 
 
 def linear(scope: Scope, x: TensorValue, n_in: int, n_out: int, bias: bool = True) -> TensorValue:

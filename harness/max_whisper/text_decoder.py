@@ -1,8 +1,8 @@
 """The MAX text decoder as compiled graphs: per-stage graphs for parity, a cached step for speed.
 
-``stages()`` lists the decoder's stage boundaries under the tracer's names (``decoder.embed``,
-``decoder.blocks.i``, ``decoder.ln``, ``logits``), so the parity runner can feed any stage the
-PyTorch activation (isolated) or MAX's own previous output (chained), over a whole sequence.
+``stages()`` lists the decoder's stages from the stage table (``harness/stages.py``), so the
+parity runner can feed any stage the PyTorch activation (isolated) or MAX's own previous output
+(chained), over a whole sequence.
 
 Decoding uses two other graphs instead: ``cross_kv`` (every block's cross-attention K/V, once per
 audio) and ``step`` (the whole decoder on the new tokens, updating the self-attention cache in
@@ -26,14 +26,13 @@ from max.dtype import DType
 from max.graph import BufferType, DeviceRef, Graph, TensorType, Value, ops
 
 from harness.max_whisper import decoder
-from harness.max_whisper.audio_encoder import Stage
 from harness.max_whisper.engine import to_numpy
 from harness.max_whisper.graphs import BoundGraphs
-from harness.max_whisper.layers import Scope
+from harness.max_whisper.layers import Scope, declared_weights
 from harness.max_whisper.weights import registry
+from harness.stages import Stage, decoder_stages
 
 Build = Callable[[Scope, Sequence[Value]], list]
-CROSS_KV_NAMES = ("cross_attn.key.", "cross_attn.value.")
 FEW_ROWS = {"step"}  # graph kinds run on a token or a few at a time (see layers.linear)
 
 
@@ -56,16 +55,7 @@ class MaxTextDecoder(BoundGraphs):
     # -- stages, whole sequence, no cache -------------------------------------------------------
 
     def stages(self) -> list[Stage]:
-        blocks = [
-            Stage(f"decoder.blocks.{i}", "block", f"decoder.blocks.{i}.")
-            for i in range(self.dims.n_text_layer)
-        ]
-        return [
-            Stage("decoder.embed", "embed", "decoder."),
-            *blocks,
-            Stage("decoder.ln", "ln", "decoder."),
-            Stage("logits", "logits", "decoder."),
-        ]
+        return decoder_stages(self.dims.n_text_layer)
 
     def run_stage(self, stage: Stage, x: np.ndarray, audio_features: np.ndarray) -> np.ndarray:
         """Run one stage: ``x`` is the tokens (batch, n) for ``decoder.embed``, else the previous
@@ -164,21 +154,9 @@ class MaxTextDecoder(BoundGraphs):
     # -- graphs ---------------------------------------------------------------------------------
 
     def weights(self, kind: str, prefix: str, graph: Graph) -> dict[str, torch.Tensor]:
-        """The registry for ``graph``, relative to ``prefix``.
-
-        A block's cross K/V weights come from block ``i + cross_kv_from_block`` (the planted
-        fault; 0 in the faithful model), as the step graph reads that block's cross K/V.
-        """
-        names = set(graph._weights)
-        weights = {}
-        cross = {name for name in names if name.startswith(CROSS_KV_NAMES)}
-        if cross and self.variant.cross_kv_from_block:
-            i = int(prefix.split(".")[-2])
-            j = (i + self.variant.cross_kv_from_block) % self.dims.n_text_layer
-            weights |= registry(self.state_dict, f"decoder.blocks.{j}.", cross, self.dtype)
-            names -= cross
-        few_rows = kind in FEW_ROWS
-        return weights | registry(self.state_dict, prefix, names, self.dtype, few_rows)
+        """The registry for ``graph``, relative to ``prefix``, in the step's layout for it."""
+        names = declared_weights(graph)
+        return registry(self.state_dict, prefix, names, self.dtype, kind in FEW_ROWS)
 
     def shape(self, kind: str) -> str:
         d = self.dims

@@ -16,11 +16,14 @@ import re
 from collections.abc import Iterable, Mapping
 
 import torch
+from whisper.model import ModelDimensions
 
 from harness.max_whisper import quantized
+from harness.max_whisper.variant import Variant
 
 LINEAR_WEIGHT = re.compile(r"\.(query|key|value|out|mlp\.0|mlp\.2)\.weight$")
 CONV_WEIGHT = re.compile(r"(^|\.)conv[12]\.weight$")
+CROSS_KV = ("cross_attn.key.weight", "cross_attn.value.weight", "cross_attn.value.bias")
 
 
 def to_max_layout(name: str, tensor: torch.Tensor, few_rows: bool = False) -> torch.Tensor:
@@ -31,6 +34,30 @@ def to_max_layout(name: str, tensor: torch.Tensor, few_rows: bool = False) -> to
     if CONV_WEIGHT.search(name):
         return tensor.permute(2, 1, 0).unsqueeze(0)  # (out, in, k) -> (1, k, in, out)
     return tensor
+
+
+def fault_remapped(
+    state_dict: Mapping[str, torch.Tensor], variant: Variant, dims: ModelDimensions
+) -> Mapping[str, torch.Tensor]:
+    """The state dict as a variant's graphs read it: the faults that are a matter of which weight
+    goes where live here, as renames, so the graph builders never see them.
+
+    ``positional_shift``: the encoder's positional embedding rolled by that many frames.
+    ``cross_kv_from_block``: block i's cross-attention keys and values are block i+offset's.
+    The faithful variant gets ``state_dict`` itself.
+    """
+    if not (variant.positional_shift or variant.cross_kv_from_block):
+        return state_dict
+    remapped = dict(state_dict)
+    if variant.positional_shift:
+        name = "encoder.positional_embedding"
+        remapped[name] = torch.roll(state_dict[name], -variant.positional_shift, dims=0)
+    n_layer = dims.n_text_layer
+    for i in range(n_layer) if variant.cross_kv_from_block else ():
+        source = (i + variant.cross_kv_from_block) % n_layer
+        for name in CROSS_KV:
+            remapped[f"decoder.blocks.{i}.{name}"] = state_dict[f"decoder.blocks.{source}.{name}"]
+    return remapped
 
 
 def registry(

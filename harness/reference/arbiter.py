@@ -26,6 +26,7 @@ from whisper.audio import HOP_LENGTH, N_FFT, mel_filters
 from whisper.model import LayerNorm, Whisper
 
 from harness.compare.metrics import compare
+from harness.stages import MEL, Stage, stage_named
 
 StageFunction = Callable[..., torch.Tensor]
 
@@ -89,27 +90,29 @@ def float64_stage(model: Whisper, stage: str) -> StageFunction:
     ``decoder.embed`` (tokens), ``decoder.blocks.i`` (activation, audio features), ``decoder.ln``
     and ``logits``. Only the modules of that stage are copied, not the whole model.
     """
+    if stage == MEL:
+        return lambda audio: log_mel_float64(audio, model.dims.n_mels).T
+    return _float64_of(model, stage_named(model.dims, stage))
+
+
+def _float64_of(model: Whisper, stage: Stage) -> StageFunction:
     encoder, decoder = model.encoder, model.decoder
-    kind, _, index = stage.rpartition(".")
-    if kind == "blocks":
-        return _float64(encoder.blocks[int(index)])
-    if kind == "decoder.blocks":
-        block, mask = _float64(decoder.blocks[int(index)]), decoder.mask.double()
+    if stage.kind == "block" and stage.side == "encoder":
+        return _float64(encoder.blocks[stage.block])
+    if stage.kind == "block":
+        block, mask = _float64(decoder.blocks[stage.block]), decoder.mask.double()
         return lambda x, xa: block(x, xa, mask=mask)
     builders: dict[str, Callable[[], StageFunction]] = {
-        "mel": lambda: lambda audio: log_mel_float64(audio, model.dims.n_mels).T,
         "conv1": lambda: _conv1(_float64(encoder.conv1)),
         "conv2": lambda: _conv2(_float64(encoder.conv2), encoder.positional_embedding.double()),
         "ln_post": lambda: _float64(encoder.ln_post),
-        "decoder.embed": lambda: _embed(
+        "embed": lambda: _embed(
             _float64(decoder.token_embedding), decoder.positional_embedding.double()
         ),
-        "decoder.ln": lambda: _float64(decoder.ln),
+        "ln": lambda: _float64(decoder.ln),
         "logits": lambda: _logits(decoder.token_embedding.weight.double()),
     }
-    if stage not in builders:
-        raise ValueError(f"no float64 computation for stage {stage!r}")
-    return builders[stage]()
+    return builders[stage.kind]()
 
 
 def log_mel_float64(audio: torch.Tensor, n_mels: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from harness.compare.metrics import Metrics, compare
 from harness.inputs.checkpoints import Checkpoint
 from harness.reference import tracer
 from harness.reference.arbiter import Verdict, float64_stage, judge, run_float64
+from harness.stages import MEL, stage_named
 
 
 class Float64Reference:
@@ -40,7 +41,8 @@ class Float64Reference:
     def floor(self, stage: str, x: np.ndarray, expected: np.ndarray) -> np.ndarray:
         """Record ``expected`` (PyTorch's float32 output for input ``x``) against float64, and
         return the float64 output."""
-        inputs = (x, self.audio_features) if stage.startswith("decoder.blocks.") else (x,)
+        reads_audio = stage != MEL and stage_named(self.model.dims, stage).reads_audio
+        inputs = (x, self.audio_features) if reads_audio else (x,)
         exact = run_float64(float64_stage(self.model, stage), inputs)
         self.floors[stage] = compare(expected, exact)
         return exact

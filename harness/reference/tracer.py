@@ -13,13 +13,16 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import nn
-from whisper.model import AudioEncoder, TextDecoder
+from torch.utils.hooks import RemovableHandle
+from whisper.model import AudioEncoder, ResidualAttentionBlock, TextDecoder
+
+from harness.stages import MEL, TOKENS, Stage, decoder_stages, encoder_stages
 
 Trace = dict[str, np.ndarray]
 
 
 @contextmanager
-def _hooks(registrations: list[torch.utils.hooks.RemovableHandle]) -> Iterator[None]:
+def _hooks(registrations: list[RemovableHandle]) -> Iterator[None]:
     try:
         yield
     finally:
@@ -27,10 +30,9 @@ def _hooks(registrations: list[torch.utils.hooks.RemovableHandle]) -> Iterator[N
             handle.remove()
 
 
-def _record(trace: Trace, name: str, transpose: bool = False):
+def _record(trace: Trace, name: str):
     def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        value = output.transpose(1, 2) if transpose else output
-        trace[name] = value.detach().float().numpy().copy()
+        trace[name] = output.detach().float().numpy().copy()
 
     return hook
 
@@ -53,19 +55,20 @@ def trace_encoder(encoder: AudioEncoder, mel: np.ndarray) -> Trace:
     state); ``conv2`` is the input of block 0 (GELU(conv2), transposed, plus the positional
     embedding); then each block's output and ``ln_post``'s.
     """
-    trace: Trace = {"mel": np.ascontiguousarray(mel, dtype=np.float32)}
-    handles = [
-        encoder.conv2.register_forward_pre_hook(_record_input(trace, "conv1", transpose=True)),
-        encoder.blocks[0].register_forward_pre_hook(_record_input(trace, "conv2")),
-        encoder.ln_post.register_forward_hook(_record(trace, "ln_post")),
-    ]
-    handles += [
-        block.register_forward_hook(_record(trace, f"blocks.{i}"))
-        for i, block in enumerate(encoder.blocks)
-    ]
-    with _hooks(handles):
-        encoder(torch.from_numpy(trace["mel"]))
+    trace: Trace = {MEL: np.ascontiguousarray(mel, dtype=np.float32)}
+    stages = encoder_stages(len(encoder.blocks))
+    with _hooks([_encoder_hook(encoder, stage, trace) for stage in stages]):
+        encoder(torch.from_numpy(trace[MEL]))
     return trace
+
+
+def _encoder_hook(encoder: AudioEncoder, stage: Stage, trace: Trace) -> RemovableHandle:
+    if stage.kind == "conv1":  # the conv's GELU is functional: read it as conv2's input
+        return encoder.conv2.register_forward_pre_hook(_record_input(trace, stage.name, True))
+    if stage.kind == "conv2":  # so is the positional embedding: read block 0's input
+        return encoder.blocks[0].register_forward_pre_hook(_record_input(trace, stage.name))
+    module = encoder.ln_post if stage.kind == "ln_post" else encoder.blocks[stage.block]
+    return module.register_forward_hook(_record(trace, stage.name))
 
 
 @torch.no_grad()
@@ -75,16 +78,47 @@ def trace_decoder(decoder: TextDecoder, tokens: np.ndarray, audio_features: np.n
     ``decoder.embed`` is token plus positional embedding (the input of block 0), then
     ``decoder.blocks.i``, ``decoder.ln`` and ``logits`` (batch, tokens, vocab).
     """
-    trace: Trace = {"tokens": np.ascontiguousarray(tokens, dtype=np.int64)}
-    handles = [
-        decoder.blocks[0].register_forward_pre_hook(_record_input(trace, "decoder.embed")),
-        decoder.ln.register_forward_hook(_record(trace, "decoder.ln")),
-    ]
-    handles += [
-        block.register_forward_hook(_record(trace, f"decoder.blocks.{i}"))
-        for i, block in enumerate(decoder.blocks)
-    ]
-    with _hooks(handles):
+    trace: Trace = {TOKENS: np.ascontiguousarray(tokens, dtype=np.int64)}
+    *stages, logits_stage = decoder_stages(len(decoder.blocks))
+    with _hooks([_decoder_hook(decoder, stage, trace) for stage in stages]):
         logits = decoder(torch.from_numpy(tokens).long(), torch.from_numpy(audio_features))
-    trace["logits"] = logits.float().numpy()
+    trace[logits_stage.name] = logits.float().numpy()
     return trace
+
+
+def _decoder_hook(decoder: TextDecoder, stage: Stage, trace: Trace) -> RemovableHandle:
+    if stage.kind == "embed":  # token plus positional embedding: read block 0's input
+        return decoder.blocks[0].register_forward_pre_hook(_record_input(trace, stage.name))
+    module = decoder.ln if stage.kind == "ln" else decoder.blocks[stage.block]
+    return module.register_forward_hook(_record(trace, stage.name))
+
+
+ENCODER_SUB_STAGES = ("attn_ln", "attn", "mlp_ln", "mlp")
+DECODER_SUB_STAGES = ("attn_ln", "attn", "cross_attn_ln", "cross_attn", "mlp_ln", "mlp")
+Capture = dict[str, tuple[np.ndarray, np.ndarray]]  # sub-stage: (its input, its output)
+
+
+@torch.no_grad()
+def trace_block(
+    block: ResidualAttentionBlock,
+    x: np.ndarray,
+    xa: np.ndarray | None = None,
+    mask: torch.Tensor | None = None,
+) -> Capture:
+    """Run openai-whisper's ``block`` on ``x`` and record each sub-module's input and output,
+    in execution order (the bisection inside a divergent block reads them)."""
+    capture: Capture = {}
+
+    def record(name: str):
+        def hook(_module: nn.Module, inputs: tuple, output) -> None:
+            out = output[0] if isinstance(output, tuple) else output  # attention returns (out, qk)
+            capture[name] = (inputs[0].float().numpy().copy(), out.float().numpy().copy())
+
+        return hook
+
+    names = DECODER_SUB_STAGES if block.cross_attn is not None else ENCODER_SUB_STAGES
+    handles = [getattr(block, name).register_forward_hook(record(name)) for name in names]
+    with _hooks(handles):
+        audio = None if xa is None else torch.from_numpy(xa)
+        block(torch.from_numpy(x), audio, mask=mask)
+    return capture

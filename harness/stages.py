@@ -1,0 +1,81 @@
+"""The stage table: every stage boundary the harness compares, defined once.
+
+A stage is where MAX's pipeline and openai-whisper's meet: the tracer records PyTorch's activation
+there, MAX runs the graph of its ``kind``, the float64 arbiter recomputes it, the noise floor is
+measured at it and faults are caught at it. Every one of those keys off this table, never off
+the spelling of a name.
+
+Names are the keys of traces and ``parity.json``: encoder stages bare (``conv1``, ``blocks.0``,
+``ln_post``), decoder stages under ``decoder.`` (and ``logits``). They are kept as they were so
+that baselines written before this table still compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from whisper.model import ModelDimensions
+
+Side = Literal["encoder", "decoder"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage boundary: its name, the graph kind that computes it, the model half it is in,
+    and its block index (None outside the blocks)."""
+
+    name: str
+    kind: str  # conv1, conv2, block, ln_post (encoder); embed, block, ln, logits (decoder)
+    side: Side
+    block: int | None = None
+
+    @property
+    def prefix(self) -> str:
+        """Its weights' prefix in openai-whisper's state dict (``encoder.blocks.0.``)."""
+        return f"{self.side}." if self.block is None else f"{self.side}.blocks.{self.block}."
+
+    @property
+    def reads_audio(self) -> bool:
+        """Decoder blocks also take the encoder's output (cross-attention)."""
+        return self.side == "decoder" and self.kind == "block"
+
+
+MEL = "mel"  # the encoder's input in a trace
+TOKENS = "tokens"  # the decoder's input in a trace
+
+
+def encoder_stages(n_layer: int) -> list[Stage]:
+    """``conv1``, ``conv2``, ``blocks.i`` ..., ``ln_post``: pipeline order."""
+    blocks = [Stage(f"blocks.{i}", "block", "encoder", i) for i in range(n_layer)]
+    return [
+        Stage("conv1", "conv1", "encoder"),
+        Stage("conv2", "conv2", "encoder"),
+        *blocks,
+        Stage("ln_post", "ln_post", "encoder"),
+    ]
+
+
+def decoder_stages(n_layer: int) -> list[Stage]:
+    """``decoder.embed``, ``decoder.blocks.i`` ..., ``decoder.ln``, ``logits``: pipeline order."""
+    blocks = [Stage(f"decoder.blocks.{i}", "block", "decoder", i) for i in range(n_layer)]
+    return [
+        Stage("decoder.embed", "embed", "decoder"),
+        *blocks,
+        Stage("decoder.ln", "ln", "decoder"),
+        Stage("logits", "logits", "decoder"),
+    ]
+
+
+def all_stages(dims: ModelDimensions) -> list[Stage]:
+    return encoder_stages(dims.n_audio_layer) + decoder_stages(dims.n_text_layer)
+
+
+def stage_named(dims: ModelDimensions, name: str) -> Stage:
+    """The stage called ``name`` in a model of ``dims``; ValueError naming it if there is none."""
+    for stage in all_stages(dims):
+        if stage.name == name:
+            return stage
+    raise ValueError(
+        f"no stage {name!r} in a model of {dims.n_audio_layer}+{dims.n_text_layer} layers"
+    )
