@@ -27,13 +27,15 @@ from max.graph import BufferValue, DeviceRef, Dim, TensorValue, Weight, ops
 from whisper.model import ModelDimensions
 
 from harness.max_whisper import quantized
-from harness.max_whisper.encoder import key_projection, mlp
 from harness.max_whisper.layers import (
     Scope,
     attention,
+    key_projection,
     layer_norm,
     linear,
     merge_heads,
+    mlp,
+    project_qkv,
     split_heads,
 )
 
@@ -80,15 +82,6 @@ def attention_mask(scope: Scope, offset: TensorValue, n_query: Dim, n_key: Dim) 
     zero = ops.constant(0.0, DType.float32, scope.device)  # softmax runs in float32
     minus_inf = ops.constant(float("-inf"), DType.float32, scope.device)
     return ops.where(visible, zero, minus_inf)
-
-
-def project_qkv(scope: Scope, x: TensorValue, n_head: int) -> tuple[TensorValue, ...]:
-    """The query, key and value of ``x``, each split into (batch, head, ctx, head_dim)."""
-    n_state = int(x.shape[-1])
-    q = split_heads(scope, linear(scope / "query", x, n_state, n_state), n_head)
-    k = split_heads(scope, key_projection(scope, x, n_state), n_head)
-    v = split_heads(scope, linear(scope / "value", x, n_state, n_state), n_head)
-    return q, k, v
 
 
 def self_attention(scope: Scope, x: TensorValue, mask: TensorValue, n_head: int) -> TensorValue:

@@ -20,7 +20,8 @@ from harness.max_whisper.layers import (
     layer_norm,
     linear,
     merge_heads,
-    split_heads,
+    mlp,
+    project_qkv,
 )
 
 
@@ -56,25 +57,8 @@ def conv2(scope: Scope, x: TensorValue, n_ctx: int) -> TensorValue:
 def self_attention(scope: Scope, x: TensorValue, n_head: int) -> TensorValue:
     """openai-whisper's ``MultiHeadAttention`` without mask or cache (the encoder's case)."""
     n_state = int(x.shape[-1])
-    q = split_heads(scope, linear(scope / "query", x, n_state, n_state), n_head)
-    k = split_heads(scope, key_projection(scope, x, n_state), n_head)
-    v = split_heads(scope, linear(scope / "value", x, n_state, n_state), n_head)
-    heads = attention(scope, q, k, v, mask=None)
+    heads = attention(scope, *project_qkv(scope, x, n_head), mask=None)
     return linear(scope / "out", merge_heads(heads), n_state, n_state)
-
-
-def key_projection(scope: Scope, x: TensorValue, n_state: int) -> TensorValue:
-    """whisper's key projection has no bias; the ``key_bias`` fault borrows the value's."""
-    k = linear(scope / "key", x, n_state, n_state, bias=False)
-    if scope.variant.key_bias:
-        k = k + (scope / "value").weight("bias", [n_state])
-    return k
-
-
-def mlp(scope: Scope, x: TensorValue, n_state: int) -> TensorValue:
-    """Linear(state, 4·state) -> GELU -> Linear(4·state, state); whisper names them mlp.0, mlp.2."""
-    h = gelu(scope, linear(scope / 0, x, n_state, 4 * n_state))
-    return linear(scope / 2, h, 4 * n_state, n_state)
 
 
 def residual_attention_block(scope: Scope, x: TensorValue, n_head: int) -> TensorValue:

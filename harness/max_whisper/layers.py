@@ -170,3 +170,26 @@ def float32(x: TensorValue) -> TensorValue:
 def cast(x: TensorValue, dtype: DType) -> TensorValue:
     """``ops.cast`` only where the dtype changes: a float32 graph stays as it was."""
     return x if x.dtype == dtype else ops.cast(x, dtype)
+
+
+def project_qkv(scope: Scope, x: TensorValue, n_head: int) -> tuple[TensorValue, ...]:
+    """The query, key and value of ``x``, each split into (batch, head, ctx, head_dim)."""
+    n_state = int(x.shape[-1])
+    q = split_heads(scope, linear(scope / "query", x, n_state, n_state), n_head)
+    k = split_heads(scope, key_projection(scope, x, n_state), n_head)
+    v = split_heads(scope, linear(scope / "value", x, n_state, n_state), n_head)
+    return q, k, v
+
+
+def key_projection(scope: Scope, x: TensorValue, n_state: int) -> TensorValue:
+    """whisper's key projection has no bias; the ``key_bias`` fault borrows the value's."""
+    k = linear(scope / "key", x, n_state, n_state, bias=False)
+    if scope.variant.key_bias:
+        k = k + (scope / "value").weight("bias", [n_state])
+    return k
+
+
+def mlp(scope: Scope, x: TensorValue, n_state: int) -> TensorValue:
+    """Linear(state, 4·state) -> GELU -> Linear(4·state, state); whisper names them mlp.0, mlp.2."""
+    h = gelu(scope, linear(scope / 0, x, n_state, 4 * n_state))
+    return linear(scope / 2, h, 4 * n_state, n_state)

@@ -19,7 +19,7 @@ from whisper.model import ModelDimensions
 from harness.max_whisper import decoder, encoder
 from harness.max_whisper.engine import to_numpy
 from harness.max_whisper.graphs import BoundGraphs
-from harness.max_whisper.layers import Scope, layer_norm
+from harness.max_whisper.layers import Scope, layer_norm, mlp
 from harness.stages import Stage
 
 
@@ -75,7 +75,7 @@ def _builders(d: ModelDimensions) -> dict[str, Callable[..., TensorValue]]:
 
     return {
         "ln": lambda scope, x: layer_norm(scope, x, int(x.shape[-1])),
-        "mlp": lambda scope, x: encoder.mlp(scope, x, int(x.shape[-1])),
+        "mlp": lambda scope, x: mlp(scope, x, int(x.shape[-1])),
         "attn": lambda scope, x: encoder.self_attention(scope, x, d.n_audio_head),
         "masked_attn": masked_attn,
         "cross_attn": cross_attn,
