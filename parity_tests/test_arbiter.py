@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import whisper
 
 from harness.compare.decoder_parity import teacher_tokens
 from harness.compare.stage_walk import arbiter_for, compare_stages, first_divergent
@@ -35,8 +34,7 @@ def checkpoint(load_checkpoint):
 @pytest.fixture(scope="module")
 def traces(checkpoint) -> tuple[dict, dict, np.ndarray]:
     """The report's PyTorch traces: encoder on DEFAULT_AUDIO, decoder on its true sentence."""
-    audio = whisper.pad_or_trim(load_audio(DEFAULT_AUDIO))
-    mel = whisper.log_mel_spectrogram(audio, checkpoint.dims.n_mels).numpy()[None]
+    mel = tracer.window_mel(load_audio(DEFAULT_AUDIO), checkpoint.dims.n_mels)
     encoder = tracer.trace_encoder(checkpoint.model.encoder, mel)
     tokens = teacher_tokens(checkpoint, true_text(DEFAULT_AUDIO) or "")
     decoder = tracer.trace_decoder(checkpoint.model.decoder, tokens, encoder["ln_post"])

@@ -19,6 +19,7 @@ from harness.compare.transcripts import true_text
 from harness.errors import HarnessError
 from harness.inputs.audio import load_audio
 from harness.peers import ctranslate2 as ctranslate2_peer
+from harness.reference import tracer
 from harness.report.build import DEFAULT_AUDIO
 
 THREADS = 2
@@ -28,11 +29,10 @@ THREADS = 2
 def synthetic(load_checkpoint):
     checkpoint = load_checkpoint("synthetic:tiny")
     peer_float32, peer_int8 = ctranslate2_peer.peers(checkpoint, THREADS)
-    audio = whisper.pad_or_trim(load_audio(DEFAULT_AUDIO))
-    mel = whisper.log_mel_spectrogram(audio, checkpoint.dims.n_mels)[None]
+    mel = tracer.window_mel(load_audio(DEFAULT_AUDIO), checkpoint.dims.n_mels)
     with torch.no_grad():
-        features = checkpoint.model.encoder(mel)
-    return checkpoint, peer_float32, peer_int8, mel.numpy(), features.numpy()
+        features = checkpoint.model.encoder(torch.from_numpy(mel))
+    return checkpoint, peer_float32, peer_int8, mel, features.numpy()
 
 
 def test_a_synthetic_checkpoint_is_written_out_with_its_tokenizer(synthetic):

@@ -7,7 +7,6 @@ reading), and is teacher-forced with that clip's true transcript, as the parity 
 import numpy as np
 import pytest
 import torch
-import whisper
 from whisper.decoding import DecodingOptions, DecodingTask
 
 from harness.compare.decoder_parity import MIN_STEPS, decoder_parity, prompt_length, teacher_tokens
@@ -37,8 +36,7 @@ REPLAY_ATOL = 1e-4
 @pytest.fixture(scope="module", params=MODELS)
 def setup(request, engine, load_checkpoint):
     checkpoint = load_checkpoint(request.param)
-    audio = whisper.pad_or_trim(load_audio(DEFAULT_AUDIO))
-    mel = whisper.log_mel_spectrogram(audio, checkpoint.dims.n_mels).numpy()[None]
+    mel = tracer.window_mel(load_audio(DEFAULT_AUDIO), checkpoint.dims.n_mels)
     audio_features = tracer.trace_encoder(checkpoint.model.encoder, mel)["ln_post"]
     candidate = MaxTextDecoder(checkpoint.dims, checkpoint.model.state_dict(), engine)
     return checkpoint, candidate, audio_features

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import whisper
 
 from harness.compare.stage_walk import encoder_parity
 from harness.errors import HarnessError
@@ -18,18 +17,21 @@ MODELS = ["synthetic:tiny", "synthetic:base", "tiny.en", "base"]
 
 
 @pytest.fixture(scope="module", params=MODELS)
-def parity(request, engine, load_checkpoint, float32_tolerances):
-    checkpoint = load_checkpoint(request.param)
-    audio = whisper.pad_or_trim(load_audio(DEFAULT_AUDIO))
-    mel = whisper.log_mel_spectrogram(audio, checkpoint.dims.n_mels).numpy()[None]
+def checkpoint(request, load_checkpoint):
+    return load_checkpoint(request.param)
+
+
+@pytest.fixture(scope="module")
+def parity(checkpoint, engine, float32_tolerances):
+    mel = tracer.window_mel(load_audio(DEFAULT_AUDIO), checkpoint.dims.n_mels)
     reference = tracer.trace_encoder(checkpoint.model.encoder, mel)
     candidate = MaxAudioEncoder(checkpoint.dims, checkpoint.model.state_dict(), engine)
     return encoder_parity(candidate, reference, float32_tolerances)
 
 
-def test_stage_names_follow_the_module_tree(parity, load_checkpoint):
+def test_stage_names_follow_the_module_tree(parity, checkpoint):
     names = [s["stage"] for s in parity["stages"]]
-    n_layers = len(names) - 3
+    n_layers = checkpoint.dims.n_audio_layer
     assert names == ["conv1", "conv2", *[f"blocks.{i}" for i in range(n_layers)], "ln_post"]
 
 

@@ -12,7 +12,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import whisper
 from max.driver import accelerator_count
 
 from harness.compare import tolerances
@@ -21,6 +20,7 @@ from harness.inputs.audio import load_audio
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.max_whisper.whisper import MaxWhisper
 from harness.paths import REPO
+from harness.reference import tracer
 from harness.report.build import DEFAULT_AUDIO
 
 HAS_GPU = accelerator_count() > 0
@@ -38,8 +38,7 @@ def test_asking_for_a_gpu_without_one_is_a_one_line_error():
 @pytest.fixture(scope="module")
 def window_mel(load_checkpoint) -> np.ndarray:
     checkpoint = load_checkpoint("synthetic:tiny")
-    audio = whisper.pad_or_trim(load_audio(DEFAULT_AUDIO))
-    return whisper.log_mel_spectrogram(audio, checkpoint.dims.n_mels).numpy()[None]
+    return tracer.window_mel(load_audio(DEFAULT_AUDIO), checkpoint.dims.n_mels)
 
 
 @needs_gpu

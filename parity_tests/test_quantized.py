@@ -25,6 +25,7 @@ from harness.max_whisper.quantized import ENCODINGS, HALF, WeightsMode
 from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.max_whisper.weights import registry
 from harness.max_whisper.whisper import MaxWhisper
+from harness.reference import tracer
 
 N_OUT, N_IN, ROWS = 100, 384, 3
 MODES = (*HALF, *ENCODINGS)
@@ -134,9 +135,9 @@ GREEDY_CLIPS = ("librivox_0880.wav", "cards_002.wav")
 def test_float16_greedy_tokens_equal_pytorch(engine, load_checkpoint, clip):
     checkpoint = load_checkpoint("tiny.en")
     (path,) = [p for p in speech_clips() if p.name == clip]
-    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(load_audio(path)), 80)[None]
+    mel = tracer.window_mel(load_audio(path), checkpoint.dims.n_mels)
     with torch.no_grad():
-        features = checkpoint.model.encoder(mel)[0]
+        features = checkpoint.model.encoder(torch.from_numpy(mel))[0]
     options = DecodingOptions(language="en", without_timestamps=True, fp16=False)
     with torch.no_grad():
         reference = whisper.decode(checkpoint.model, features, options).tokens

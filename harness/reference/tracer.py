@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+import whisper
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 from whisper.model import AudioEncoder, ResidualAttentionBlock, TextDecoder
@@ -19,6 +20,13 @@ from whisper.model import AudioEncoder, ResidualAttentionBlock, TextDecoder
 from harness.stages import MEL, TOKENS, Stage, decoder_stages, encoder_stages
 
 Trace = dict[str, np.ndarray]
+
+
+def window_mel(audio: np.ndarray | torch.Tensor, n_mels: int) -> np.ndarray:
+    """openai-whisper's log-mel of the first 30 s window of ``audio`` (padded or trimmed as its
+    ``transcribe`` does): (1, n_mels, 3000) float32, the input every encoder trace starts from."""
+    window = whisper.pad_or_trim(torch.as_tensor(audio))
+    return whisper.log_mel_spectrogram(window, n_mels).numpy()[None]
 
 
 @contextmanager
