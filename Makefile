@@ -8,7 +8,7 @@ GATE_MODEL := tiny.en
 BASELINE := fixtures/baseline-$(GATE_MODEL).json
 REPORT_ARGS = $(if $(MODEL),--model $(MODEL)) $(foreach a,$(AUDIO),--audio $(a)) --device $(DEVICE) --dtype $(DTYPE)
 
-.PHONY: install test bench parity-report gate baseline lint format fixtures-audio fixtures-speech \
+.PHONY: install test test-fast bench parity-report gate baseline lint format fixtures-audio fixtures-speech \
 	fixture-model
 
 install: .venv/installed
@@ -21,6 +21,10 @@ install: .venv/installed
 
 test: install
 	$(PYTHON) -m pytest parity_tests/
+
+# The developer's loop: everything not marked slow (no whole-model sweeps, reports or transcripts).
+test-fast: install
+	$(PYTHON) -m pytest parity_tests/ -m "not slow"
 
 # Speed benchmarks (pytest-benchmark, not part of `make test`); BENCH_MODEL / BENCH_DTYPE to vary.
 bench: install

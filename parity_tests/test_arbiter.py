@@ -8,6 +8,7 @@ arbiter, as the report runs it), not MAX; MAX itself meets the arbiter in test_f
 
 from __future__ import annotations
 
+from itertools import pairwise
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,7 +20,7 @@ from harness.compare.transcripts import true_text
 from harness.inputs.audio import load_audio
 from harness.reference import tracer
 from harness.reference.arbiter import judge
-from harness.reference.noise_floor import Float64Reference, noise_floor
+from harness.reference.noise_floor import Float64Reference
 from harness.report.build import DEFAULT_AUDIO
 
 MODEL = "synthetic:tiny"
@@ -106,6 +107,20 @@ def test_the_verdict_names_the_closer_side_only_outside_tolerance():
     assert judge("s", 1e-7, 3e-3, 2e-6)["closer"] == "max"
     assert judge("s", 5e-6, 4e-6, 2e-6)["closer"] == "reference"
     assert judge("s", float("nan"), 1e-7, 2e-6)["closer"] == "reference"
+
+
+def noise_floor(checkpoint, mel: np.ndarray, tokens: np.ndarray) -> dict:
+    """Every stage's float32 PyTorch against float64 PyTorch, isolated: each float64 run reads
+    the float32 reference input of its stage, so the floor is its own round-off, not drift."""
+    model = checkpoint.model
+    traces = [tracer.trace_encoder(model.encoder, mel)]
+    features = traces[0]["ln_post"]
+    traces.append(tracer.trace_decoder(model.decoder, tokens, features))
+    reference = Float64Reference(model, features)
+    for trace in traces:  # each in execution order from its input, "mel" or "tokens"
+        for previous, stage in pairwise(trace):
+            reference.floor(stage, trace[previous], trace[stage])
+    return reference.floors
 
 
 def test_noise_floor_of_every_stage_is_measurable_and_under_every_tolerance(

@@ -18,14 +18,10 @@ also gives the arbiter's verdict on MAX's output, and is dropped before the next
 
 from __future__ import annotations
 
-from itertools import pairwise
-
 import numpy as np
 from whisper.model import Whisper
 
 from harness.compare.metrics import Metrics, compare
-from harness.inputs.checkpoints import Checkpoint
-from harness.reference import tracer
 from harness.reference.arbiter import Verdict, float64_stage, judge, run_float64
 from harness.stages import MEL, stage_named
 
@@ -54,24 +50,3 @@ class Float64Reference:
         exact = self.floor(stage, x, expected)
         max_error = compare(candidate, exact)["rel_l2"]
         return judge(stage, max_error, self.floors[stage]["rel_l2"], limit)
-
-
-def noise_floor(
-    checkpoint: Checkpoint, mel: np.ndarray, tokens: np.ndarray | None = None
-) -> dict[str, Metrics]:
-    """Per encoder stage (and decoder stage, given ``tokens``), float32 PyTorch against float64
-    PyTorch, isolated.
-
-    ``mel`` is (batch, n_mels, frames); each stage's float64 run reads the float32 reference
-    input of that stage, so the floor is the stage's own round-off, not accumulated drift.
-    """
-    model = checkpoint.model
-    traces = [tracer.trace_encoder(model.encoder, mel)]
-    features = traces[0]["ln_post"]
-    if tokens is not None:
-        traces.append(tracer.trace_decoder(model.decoder, tokens, features))
-    reference = Float64Reference(model, features)
-    for trace in traces:  # each in execution order from its input, "mel" or "tokens"
-        for previous, stage in pairwise(trace):
-            reference.floor(stage, trace[previous], trace[stage])
-    return reference.floors
