@@ -6,21 +6,21 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.inputs import checkpoints
+from harness.inputs import checkpoints, synthetic
 
 
 def test_synthetic_is_same_bytes_every_time(tmp_path, monkeypatch):
-    first = checkpoints.synthetic_checkpoint("tiny").read_bytes()
+    first = synthetic.synthetic_checkpoint("tiny").read_bytes()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # a fresh cache regenerates the file
-    second = checkpoints.synthetic_checkpoint("tiny")
+    second = synthetic.synthetic_checkpoint("tiny")
     assert second.parent.parent == tmp_path
     assert second.read_bytes() == first
 
 
 def test_synthetic_sets_every_tensor_deterministically():
-    dims = checkpoints.official_dims("tiny")
-    a = checkpoints.synthetic_state_dict(dims, seed=0)
-    b = checkpoints.synthetic_state_dict(dims, seed=0)
+    dims = synthetic.official_dims("tiny")
+    a = synthetic.synthetic_state_dict(dims, seed=0)
+    b = synthetic.synthetic_state_dict(dims, seed=0)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert a["decoder.positional_embedding"].abs().max() < 1  # drawn, not uninitialised memory
@@ -36,7 +36,7 @@ def test_synthetic_sets_every_tensor_deterministically():
     ],
 )
 def test_official_dims(name, n_mels, n_vocab, state, layers):
-    dims = checkpoints.official_dims(name)
+    dims = synthetic.official_dims(name)
     assert (dims.n_mels, dims.n_vocab, dims.n_audio_state, dims.n_text_layer) == (
         n_mels,
         n_vocab,
@@ -46,13 +46,13 @@ def test_official_dims(name, n_mels, n_vocab, state, layers):
 
 
 def test_turbo_has_four_decoder_layers():
-    assert checkpoints.official_dims("turbo").n_text_layer == 4
+    assert synthetic.official_dims("turbo").n_text_layer == 4
 
 
 def test_synthetic_loads_through_openai_whisper(load_checkpoint):
     checkpoint = load_checkpoint("synthetic:tiny")
     assert checkpoint.weights == "synthetic"
-    assert checkpoint.dims == checkpoints.official_dims("tiny")
+    assert checkpoint.dims == synthetic.official_dims("tiny")
     assert len(checkpoint.sha256) == 64
 
 
@@ -63,8 +63,8 @@ def _write(path, payload):
 
 @pytest.fixture
 def tiny_payload():
-    dims = checkpoints.official_dims("tiny")
-    path = checkpoints.synthetic_checkpoint("tiny")
+    dims = synthetic.official_dims("tiny")
+    path = synthetic.synthetic_checkpoint("tiny")
     state = torch.load(path, weights_only=True)["model_state_dict"]
     return {"dims": asdict(dims), "model_state_dict": state}
 

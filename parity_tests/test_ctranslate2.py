@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.inputs import checkpoints, ctranslate2_format, pretrained
+from harness.inputs import checkpoints, ctranslate2_format, pretrained, synthetic
 from harness.paths import REPO
 
 
@@ -30,8 +30,8 @@ def fresh_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_state() -> tuple[dict, dict[str, torch.Tensor]]:
-    dims = checkpoints.official_dims("tiny")
-    return asdict(dims), checkpoints.synthetic_state_dict(dims, seed=0)
+    dims = synthetic.official_dims("tiny")
+    return asdict(dims), synthetic.synthetic_state_dict(dims, seed=0)
 
 
 def write_model(folder: Path, dims: dict, state: dict[str, torch.Tensor], **changes) -> Path:
@@ -67,7 +67,7 @@ def test_a_model_folder_loads_by_path_and_says_where_it_came_from(tmp_path, tiny
     folder = write_model(tmp_path / "tiny", dims, state)
     checkpoint = checkpoints.load(str(folder))
     assert checkpoint.weights == "pretrained"
-    assert checkpoint.dims == checkpoints.official_dims("tiny")
+    assert checkpoint.dims == synthetic.official_dims("tiny")
     assert checkpoint.source["format"] == "ctranslate2"
     assert checkpoint.source["dtype"] == "float32"
     assert checkpoint.source["files"] == [str(folder / "model.bin")]
@@ -152,7 +152,7 @@ def test_pinned_packages_stand_in_for_openai_files(name):
     official dims and the provenance a report must show."""
     checkpoint = checkpoints.load(name)
     assert checkpoint.weights == "pretrained"
-    assert checkpoint.dims == checkpoints.official_dims(name)
+    assert checkpoint.dims == synthetic.official_dims(name)
     packaged = pretrained.PACKAGED[name]
     assert checkpoint.source["sha256"] == packaged.sha256
     assert checkpoint.source["packages"] == [part.pin for part in packaged.parts]

@@ -20,8 +20,9 @@ from max.graph import DeviceRef, Graph, TensorType
 from whisper.model import AudioEncoder, TextDecoder
 
 from harness.errors import HarnessError
-from harness.inputs import checkpoints
 from harness.inputs.audio import load_audio
+from harness.inputs.synthetic import official_dims
+from harness.inputs.validation import expected_shapes
 from harness.max_whisper import engine as engine_module
 from harness.max_whisper.engine import Engine
 from harness.max_whisper.mel import MaxLogMel
@@ -83,8 +84,8 @@ def test_the_lazily_imported_modules_are_the_modules():
 
 @pytest.mark.parametrize("name", ["tiny.en", "base", "large-v3", "turbo"])
 def test_expected_shapes_are_openai_whispers_own(name):
-    """``_expected_shapes`` spells out the state dict; this is the module tree it stands for."""
-    dims = checkpoints.official_dims(name)
+    """``expected_shapes`` spells out the state dict; this is the module tree it stands for."""
+    dims = official_dims(name)
     with torch.device("meta"):
         halves = {
             "encoder": AudioEncoder(
@@ -107,7 +108,7 @@ def test_expected_shapes_are_openai_whispers_own(name):
         for half, module in halves.items()
         for key, tensor in module.state_dict().items()
     ]
-    assert list(checkpoints._expected_shapes(dims).items()) == reference
+    assert list(expected_shapes(dims).items()) == reference
 
 
 def test_compiled_graphs_are_read_back_by_a_new_engine(tmp_path):

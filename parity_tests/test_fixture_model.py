@@ -18,14 +18,10 @@ import torch
 from whisper.model import ModelDimensions
 
 from harness.compare.wer import edit_distance, words
-from harness.inputs import checkpoints
 from harness.inputs.audio import SAMPLE_RATE, load_audio
-from harness.inputs.checkpoints import (
-    EMBEDDING,
-    FIXTURE_MODELS,
-    compact_checkpoint,
-    expanded_checkpoint,
-)
+from harness.inputs.checkpoints import FIXTURE_MODELS
+from harness.inputs.synthetic import EMBEDDING, compact_checkpoint, expanded_checkpoint
+from harness.inputs.validation import expected_shapes
 from harness.max_whisper.whisper import MaxWhisper, Transcript, transcribe
 from harness.paths import FIXTURES
 
@@ -69,7 +65,7 @@ def test_the_compact_checkpoint_expands_to_every_kept_row_and_the_mean_elsewhere
 ):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the expansion is written to the cache
     dims = ModelDimensions(80, 1500, 8, 2, 1, 10, 448, 8, 2, 1)
-    state = {k: torch.randn(v) for k, v in checkpoints._expected_shapes(dims).items()}
+    state = {k: torch.randn(v) for k, v in expected_shapes(dims).items()}
     source = tmp_path / "tiny.compact.pt"
     torch.save(compact_checkpoint(dims, state, [1, 7]), source)
     expanded = torch.load(expanded_checkpoint(source), weights_only=True)["model_state_dict"]

@@ -22,7 +22,8 @@ from harness.max_whisper.inference import MaxInference
 from harness.max_whisper.whisper import MaxWhisper
 from harness.peers import ctranslate2 as ctranslate2_peer
 from harness.report.build import DEFAULT_AUDIO
-from harness.speed.measure import Reference, decode_seconds, side_by_side, transcription_prompt
+from harness.speed.backends import TorchWhisper, decode_seconds, transcription_prompt
+from harness.speed.measure import side_by_side
 
 BENCH_MODEL = os.environ.get("BENCH_MODEL", "tiny.en")
 BENCH_DTYPE = os.environ.get("BENCH_DTYPE", "float32")
@@ -63,7 +64,7 @@ def bench(load_checkpoint):
     engine = Engine("cpu", DTYPES[BENCH_DTYPE])
     candidate = MaxWhisper(checkpoint, engine)
     candidate.load()
-    reference = Reference(checkpoint.model, "cpu", BENCH_DTYPE)
+    reference = TorchWhisper(checkpoint.model, "cpu", BENCH_DTYPE)
     audio = whisper.pad_or_trim(load_audio(DEFAULT_AUDIO))
     mel = whisper.log_mel_spectrogram(audio, checkpoint.dims.n_mels)[None]
     features = reference.encode(mel)

@@ -28,8 +28,6 @@ from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.max_whisper.transcribe_hook import max_log_mel
 from harness.max_whisper.variant import FAITHFUL, Variant
 
-BACKENDS = ("max", "torch")
-
 
 @dataclass(frozen=True)
 class Transcript:

@@ -28,8 +28,9 @@ import whisper
 
 from harness.errors import HarnessError
 from harness.inputs import ctranslate2_format, pretrained
-from harness.inputs.checkpoints import Checkpoint, cache_dir
+from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.whisper import Transcript
+from harness.paths import cache_dir
 
 COMPUTE_TYPES = ("float32", "int8")
 # Files beside model.bin: faster-whisper's tokenizer, and CTranslate2's vocabulary (.txt or

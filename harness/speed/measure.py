@@ -4,6 +4,7 @@ Every figure is the median of several timed runs after an untimed warm-up, and t
 runs take turns (PyTorch, MAX, CTranslate2 float32, CTranslate2 int8, PyTorch, ...) so that a
 noisy neighbour on a shared machine slows all alike. The runs themselves are kept in the
 document: the spread is part of the result. Ratios are given from every MAX mode to every peer.
+What each engine runs for each measure is in ``backends``.
 
 * ``encoder_ms``: one 30 s window, batch 1, mel in, audio features out.
 * ``decode_ms_per_token``: greedy decoding with the KV cache, a fixed number of tokens after the
@@ -23,14 +24,13 @@ with bfloat16 weights and activations; CTranslate2 is compared with float32 mode
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -38,9 +38,7 @@ from typing import Any
 
 import torch
 import whisper
-from whisper.decoding import Inference, PyTorchInference
 
-from harness.compare.decoder_parity import tokenizer
 from harness.compare.stage_walk import Progress
 from harness.compare.transcripts import transcription_language
 from harness.inputs import checkpoints
@@ -48,13 +46,20 @@ from harness.inputs.audio import audio_duration_s, load_audio
 from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
 from harness.max_whisper.engine import DTYPES, Engine
-from harness.max_whisper.inference import MaxInference
-from harness.max_whisper.whisper import MaxWhisper, transcribe
+from harness.max_whisper.whisper import MaxWhisper
 from harness.paths import FIXTURES
 from harness.peers import ctranslate2 as ctranslate2_peer
 from harness.peers.ctranslate2 import CTranslate2Whisper
 from harness.progress import silent
 from harness.speed import first_transcript
+from harness.speed.backends import (
+    Backend,
+    TorchWhisper,
+    ctranslate2_backend,
+    max_backend,
+    torch_backend,
+    transcription_prompt,
+)
 from harness.speed.first_transcript import harness_command
 
 # 6 s of LibriVox: a clip a person transcribes with one command
@@ -72,17 +77,6 @@ class Plan:
     first_clip: Path = FIRST_TRANSCRIPT_CLIP  # for time to first transcript; None: not timed
 
 
-@dataclass(frozen=True)
-class Backend:
-    """One engine as the timer sees it: the three measures, each a call on shared inputs."""
-
-    name: str  # its key in parity.json: torch, max, ct2-float32, ct2-int8
-    label: str
-    encode: Callable[[torch.Tensor], Any]  # (1, n_mels, 3000) mel
-    decode_seconds: Callable[[torch.Tensor, torch.Tensor, int], float]  # prompt, features, n
-    transcribe: Callable[[Path], Any]
-
-
 def measure(
     checkpoint: Checkpoint,
     candidate: MaxWhisper,
@@ -94,7 +88,7 @@ def measure(
     """The ``speed`` section of ``parity.json``: PyTorch, ``candidate`` (MAX), MAX's other
     weights ``modes`` and ``peers`` (CTranslate2 at each compute type), on one checkpoint."""
     engine = candidate.engine
-    reference = Reference(checkpoint.model, engine.device, engine.dtype.name)
+    reference = TorchWhisper(checkpoint.model, engine.device, engine.dtype.name)
     for model in (candidate, *modes):
         model.load()
     backends = [torch_backend(reference), *(max_backend(m) for m in (candidate, *modes))]
@@ -185,101 +179,6 @@ def _first_transcripts(
         "first_transcript_s": summary({name: t.runs for name, t in timings.items()}),
         "first_transcript_clip": {"name": clip.name, "seconds": audio_duration_s(load_audio(clip))},
     }
-
-
-def torch_backend(reference: Reference) -> Backend:
-    return Backend(
-        "torch",
-        f"PyTorch {reference.dtype}",
-        reference.encode,
-        reference.decode_seconds,
-        reference.transcribe,
-    )
-
-
-def max_backend(candidate: MaxWhisper) -> Backend:
-    def max_decode_seconds(prompt: torch.Tensor, features: torch.Tensor, tokens: int) -> float:
-        return decode_seconds(MaxInference(candidate.text_decoder), prompt, features, tokens)
-
-    return Backend(
-        candidate.name,
-        candidate.label,
-        candidate.encoder,
-        max_decode_seconds,
-        lambda clip: transcribe(candidate, load_audio(clip)),
-    )
-
-
-def ctranslate2_backend(peer: CTranslate2Whisper) -> Backend:
-    def peer_decode_seconds(prompt: torch.Tensor, features: torch.Tensor, tokens: int) -> float:
-        return peer.decode_seconds(prompt[0].tolist(), features.numpy(), tokens)
-
-    return Backend(
-        peer.name,
-        peer.label,
-        lambda mel: peer.encode(mel.numpy()),
-        peer_decode_seconds,
-        lambda clip: peer.transcribe(load_audio(clip)),
-    )
-
-
-class Reference:
-    """The PyTorch side, on the candidate's device, in the candidate's dtype (autocast)."""
-
-    def __init__(self, model: whisper.Whisper, device: str, dtype: str) -> None:
-        self.device = torch.device("cuda" if device == "gpu" else "cpu")
-        self.model = model.to(self.device).eval()
-        self.dtype = dtype
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
-        """No grad, autocast for bfloat16, and the device synchronised before the clock stops."""
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-        with torch.no_grad(), autocast:
-            yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
-    @property
-    def bf16(self) -> bool:
-        return self.dtype == "bfloat16"
-
-    def encode(self, mel: torch.Tensor) -> torch.Tensor:
-        with self.running():
-            return self.model.encoder(mel.to(self.device)).float().cpu()
-
-    def decode_seconds(self, prompt: torch.Tensor, features: torch.Tensor, tokens: int) -> float:
-        inference = PyTorchInference(self.model, prompt.shape[1])
-        with self.running():
-            return decode_seconds(
-                inference, prompt.to(self.device), features.to(self.device), tokens
-            )
-
-    def transcribe(self, clip: Path) -> None:
-        with self.running():
-            transcribe(self.model, load_audio(clip))
-
-
-def transcription_prompt(checkpoint: Checkpoint) -> torch.Tensor:
-    """(1, n): the standard English transcription prompt, without timestamps."""
-    return torch.tensor([tokenizer(checkpoint).sot_sequence_including_notimestamps])
-
-
-def decode_seconds(
-    inference: Inference, prompt: torch.Tensor, features: torch.Tensor, tokens: int
-) -> float:
-    """Seconds per token of greedy decoding, the prompt's own forward pass not timed."""
-    sequence = prompt
-    logits = inference.logits(sequence, features)
-    start = time.perf_counter()
-    for _ in range(tokens):
-        best = logits[:, -1].argmax(dim=-1, keepdim=True).to(sequence.device)
-        sequence = torch.cat([sequence, best], dim=-1)
-        logits = inference.logits(sequence, features)
-    logits[:, -1].argmax().item()  # wait for the device
-    seconds = (time.perf_counter() - start) / tokens
-    inference.cleanup_caching()
-    return seconds
 
 
 def side_by_side(

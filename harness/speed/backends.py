@@ -1,0 +1,133 @@
+"""Each engine as the speed timer sees it: encode, decode so many tokens, transcribe a clip.
+
+Kept apart from ``measure`` (the plan and the timing loop) because each engine needs its own
+glue to present the same three calls on the same inputs: ``TorchWhisper`` runs openai-whisper on
+the candidate's device and in its dtype, MAX and PyTorch share openai-whisper's ``Inference``
+loop for decoding (``decode_seconds``), and CTranslate2 times its own ``generate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import whisper
+from whisper.decoding import Inference, PyTorchInference
+
+from harness.compare.decoder_parity import tokenizer
+from harness.inputs.audio import load_audio
+from harness.inputs.checkpoints import Checkpoint
+from harness.max_whisper.inference import MaxInference
+from harness.max_whisper.whisper import MaxWhisper, transcribe
+from harness.peers.ctranslate2 import CTranslate2Whisper
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One engine as the timer sees it: the three measures, each a call on shared inputs."""
+
+    name: str  # its key in parity.json: torch, max, ct2-float32, ct2-int8
+    label: str
+    encode: Callable[[torch.Tensor], Any]  # (1, n_mels, 3000) mel
+    decode_seconds: Callable[[torch.Tensor, torch.Tensor, int], float]  # prompt, features, n
+    transcribe: Callable[[Path], Any]
+
+
+def torch_backend(reference: TorchWhisper) -> Backend:
+    return Backend(
+        "torch",
+        f"PyTorch {reference.dtype}",
+        reference.encode,
+        reference.decode_seconds,
+        reference.transcribe,
+    )
+
+
+def max_backend(candidate: MaxWhisper) -> Backend:
+    def max_decode_seconds(prompt: torch.Tensor, features: torch.Tensor, tokens: int) -> float:
+        return decode_seconds(MaxInference(candidate.text_decoder), prompt, features, tokens)
+
+    return Backend(
+        candidate.name,
+        candidate.label,
+        candidate.encoder,
+        max_decode_seconds,
+        lambda clip: transcribe(candidate, load_audio(clip)),
+    )
+
+
+def ctranslate2_backend(peer: CTranslate2Whisper) -> Backend:
+    def peer_decode_seconds(prompt: torch.Tensor, features: torch.Tensor, tokens: int) -> float:
+        return peer.decode_seconds(prompt[0].tolist(), features.numpy(), tokens)
+
+    return Backend(
+        peer.name,
+        peer.label,
+        lambda mel: peer.encode(mel.numpy()),
+        peer_decode_seconds,
+        lambda clip: peer.transcribe(load_audio(clip)),
+    )
+
+
+class TorchWhisper:
+    """The PyTorch side, on the candidate's device, in the candidate's dtype (autocast)."""
+
+    def __init__(self, model: whisper.Whisper, device: str, dtype: str) -> None:
+        self.device = torch.device("cuda" if device == "gpu" else "cpu")
+        self.model = model.to(self.device).eval()
+        self.dtype = dtype
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """No grad, autocast for bfloat16, and the device synchronised before the clock stops."""
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        with torch.no_grad(), autocast:
+            yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    @property
+    def bf16(self) -> bool:
+        return self.dtype == "bfloat16"
+
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        with self.running():
+            return self.model.encoder(mel.to(self.device)).float().cpu()
+
+    def decode_seconds(self, prompt: torch.Tensor, features: torch.Tensor, tokens: int) -> float:
+        inference = PyTorchInference(self.model, prompt.shape[1])
+        with self.running():
+            return decode_seconds(
+                inference, prompt.to(self.device), features.to(self.device), tokens
+            )
+
+    def transcribe(self, clip: Path) -> None:
+        with self.running():
+            transcribe(self.model, load_audio(clip))
+
+
+def transcription_prompt(checkpoint: Checkpoint) -> torch.Tensor:
+    """(1, n): the standard English transcription prompt, without timestamps."""
+    return torch.tensor([tokenizer(checkpoint).sot_sequence_including_notimestamps])
+
+
+def decode_seconds(
+    inference: Inference, prompt: torch.Tensor, features: torch.Tensor, tokens: int
+) -> float:
+    """Seconds per token of greedy decoding, the prompt's own forward pass not timed."""
+    sequence = prompt
+    logits = inference.logits(sequence, features)
+    start = time.perf_counter()
+    for _ in range(tokens):
+        best = logits[:, -1].argmax(dim=-1, keepdim=True).to(sequence.device)
+        sequence = torch.cat([sequence, best], dim=-1)
+        logits = inference.logits(sequence, features)
+    logits[:, -1].argmax().item()  # wait for the device
+    seconds = (time.perf_counter() - start) / tokens
+    inference.cleanup_caching()
+    return seconds
