@@ -59,7 +59,7 @@ from harness.progress import silent
 from harness.reference import tracer
 from harness.reference.arbiter import arbitrate
 from harness.reference.tracer import Trace
-from harness.report.build import write_json
+from harness.report.files import write_json
 
 AUDIO = FIXTURES / "audio"
 CLIP = AUDIO / "short.wav"
