@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from harness.paths import REPO
-from harness.report.build import write_json
+from harness.report.files import write_json
 
 
 def harness(*args: str) -> subprocess.CompletedProcess:

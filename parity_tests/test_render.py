@@ -16,9 +16,11 @@ import pytest
 from harness.compare import tolerances
 from harness.compare.verdict import comparisons, verdict
 from harness.paths import FIXTURES
+from harness.report.content import Words
 from harness.report.html import html
+from harness.report.markdown import markdown
 from harness.report.outputs import write_outputs
-from harness.report.render import Words, markdown, word_diff
+from harness.report.transcript_sections import word_diff
 
 SAMPLE = FIXTURES / "sample_parity.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

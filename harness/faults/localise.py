@@ -60,7 +60,7 @@ from harness.progress import silent
 from harness.reference import tracer
 from harness.reference.arbiter import arbitrate
 from harness.reference.tracer import Trace, trace_block
-from harness.report.build import write_json
+from harness.report.files import write_json
 from harness.stages import stage_named
 
 AUDIO = FIXTURES / "audio"

@@ -1,17 +1,13 @@
 """The parity report: one JSON document (``parity.json``) and its Markdown rendering.
 
-``build`` runs the comparisons and returns the document; ``write`` puts it on disk atomically
-(a temporary folder renamed into place) so a failed run never leaves half a report behind.
+``build`` runs the comparisons and returns the document; ``write`` puts it and everything
+rendered from it on disk at once (report/files.py), so a failed run never leaves half a report
+behind.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import platform
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from importlib.metadata import version
@@ -48,6 +44,7 @@ from harness.peers.ctranslate2 import CTranslate2Whisper
 from harness.progress import silent
 from harness.reference import tracer
 from harness.reference.noise_floor import Float64Reference
+from harness.report.files import replaced_folder, to_json
 from harness.report.outputs import write_outputs
 from harness.speed.measure import Plan, measure
 
@@ -199,43 +196,6 @@ def versions() -> dict[str, str]:
 def write(report: dict[str, Any], out_dir: Path) -> None:
     """Write parity.json, report.md/.html, plots and summary.csv into ``out_dir``, whole or not
     at all."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with replaced_folder(out_dir) as staging:
         (staging / "parity.json").write_text(to_json(report))
         write_outputs(report, staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def write_json(document: dict[str, Any], path: Path) -> None:
-    """``to_json(document)`` into ``path``, whole or not at all: written to a temporary file
-    beside it, then renamed over it, so a failure never leaves half a document."""
-    text = to_json(document)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def to_json(report: dict[str, Any]) -> str:
-    """Strict JSON: an infinite SNR (bit-identical tensors) is written as null."""
-    return json.dumps(_finite(report), indent=1, allow_nan=False) + "\n"
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value

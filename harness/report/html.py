@@ -1,4 +1,4 @@
-"""report.html: the same outline as report.md (harness/report/render.py), self-contained.
+"""report.html: the same outline as report.md (harness/report/outline.py), self-contained.
 
 One file with the figures inline as base64 PNG and plain CSS, no script: it can be attached to a
 CI run or mailed and still open anywhere.
@@ -10,7 +10,8 @@ import base64
 from html import escape
 from typing import Any
 
-from harness.report.render import Cell, Outline, Section, Status, Table, outline
+from harness.report.content import Cell, Outline, Section, Status, Table
+from harness.report.outline import outline
 
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 80em; padding: 0 1em;

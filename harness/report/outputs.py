@@ -13,7 +13,7 @@ import pandas as pd
 from harness.compare.verdict import Comparison, check, comparisons, limits_of
 from harness.report import plots
 from harness.report.html import html
-from harness.report.render import markdown
+from harness.report.markdown import markdown
 
 SUMMARY_METRICS = ("rel_l2", "cosine", "min_frame_cosine", "max_abs", "snr_db")
 

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from harness.compare.tolerances import Tolerances
 from harness.compare.verdict import limits_of
-from harness.report.render import SPEED_ROWS, speedup
+from harness.report.speed_section import SPEED_ROWS, speedup
 
 BLUE, RED, GREY, ORANGE = "#1f77b4", "#d62728", "#555555", "#ff7f0e"
 GREEN, PURPLE = "#2ca02c", "#9467bd"

@@ -1,0 +1,91 @@
+"""The report's speed section: each engine's median timings side by side and how many times
+faster each MAX mode is than each peer. ``SPEED_ROWS`` and ``speedup`` are also what plots.py
+draws speed.png from, so the table and the figure name and read the measures alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.report.cells import fixed
+from harness.report.content import Row, Section, Table
+
+SPEED_ROWS = (
+    ("encoder_ms", "encoder, 30 s window (ms)"),
+    ("decode_ms_per_token", "decoding (ms per token)"),
+    ("end_to_end_rtf", "end to end (real-time factor)"),
+    ("first_transcript_s", "time to first transcript, new process (s)"),
+)
+
+
+def speed_section(speed: dict[str, Any] | None) -> Section | None:
+    if not speed:
+        return None
+    engines = speed.get("engines", {})
+    measures = [(key, label) for key, label in SPEED_ROWS if key in speed]
+    rows = [Row((label, *(_median(speed[key], e) for e in engines))) for key, label in measures]
+    bullets = [
+        "Medians of the timed runs (min–max in brackets), after one warm-up; the engines' runs "
+        "take turns, same checkpoint, audio, device and thread count."
+    ]
+    if "threads" in speed:
+        bullets.append(f"CPU threads: {speed['threads']}")
+    if "decode_tokens" in speed:
+        bullets.append(
+            f"Decoding: greedy with KV cache from the same audio features, "
+            f"{speed['decode_tokens']} tokens per run (CTranslate2: its marginal time per token)."
+        )
+    if clip := speed.get("end_to_end_clip"):
+        bullets.append(
+            f"End to end: {clip['name']} ({clip['seconds']} s), audio file to text "
+            "(openai-whisper's transcribe; faster-whisper's for CTranslate2)."
+        )
+    if clip := speed.get("first_transcript_clip"):
+        bullets.append(
+            f"Time to first transcript: {clip['name']} ({clip['seconds']:.1f} s), a new process "
+            "per run with warm caches: python -m harness transcribe (PyTorch, MAX with each "
+            "weights mode), a faster-whisper script (CTranslate2)."
+        )
+    if load := speed.get("load_s"):
+        loads = ", ".join(f"{engines.get(e, e)} {seconds:.2f} s" for e, seconds in load.items())
+        bullets.append(f"Load (not in the timings): {loads}")
+    compile_s = speed.get("compile_s")
+    if compile_s:
+        cold = compile_s.get("cold")
+        cold_text = "not measured" if cold is None else f"{cold:.1f} s"
+        bullets.append(f"MAX compile: cold {cold_text}, warm (cached) {compile_s['warm']:.1f} s")
+    tables = [Table(("measure", *engines.values()), rows), _speedup_table(speed, measures)]
+    return Section("Speed", bullets, tables, ["speed.png"])
+
+
+def _speedup_table(speed: dict[str, Any], measures: list[tuple[str, str]]) -> Table:
+    """How many times faster each MAX mode is than each peer (peer's median / MAX's)."""
+    engines = speed.get("engines", {})
+    modes = [e for e in engines if e.startswith("max")]
+    peers = [e for e in engines if not e.startswith("max")]
+    rows = [
+        Row((f"{engines[mode]}, {label}", *(_times(speedup(speed[key], mode, p)) for p in peers)))
+        for mode in modes
+        for key, label in measures
+    ]
+    return Table(("MAX speed-up (peer time / MAX time)", *(engines[p] for p in peers)), rows)
+
+
+def _median(measure: dict[str, Any], engine: str) -> str:
+    """``median (min–max)``, or — for an engine this measure does not time."""
+    median = measure["median"].get(engine)
+    return "—" if median is None else fixed(median) + _spread(measure, engine)
+
+
+def _spread(measure: dict[str, Any], engine: str) -> str:
+    runs = measure.get("runs", {}).get(engine)
+    return f" ({fixed(min(runs))}–{fixed(max(runs))})" if runs else ""
+
+
+def speedup(measure: dict[str, Any], mode: str = "max", peer: str = "torch") -> float | None:
+    """``peer``'s time over MAX ``mode``'s: above 1 means MAX is faster; None when missing."""
+    return measure.get("speedup", {}).get(mode, {}).get(peer)
+
+
+def _times(ratio: float | None) -> str:
+    return "—" if ratio is None else f"{ratio:.2f}×"
