@@ -160,7 +160,7 @@ def _report(args: argparse.Namespace) -> int:
     for mode in weights:
         _check_weights_mode(mode)
     progress = Progress()
-    spec = args.model or report.DEFAULT_MODEL
+    spec = args.model or checkpoints.DEFAULT_MODEL
     checkpoint = checkpoints.load(spec)
     out = args.out or REPORTS / f"{_slug(spec)}-{args.device}-{args.dtype}"
     audio = report_clips(checkpoint) + args.audio

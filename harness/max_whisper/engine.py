@@ -34,6 +34,7 @@ from max.engine import __version__ as MAX_VERSION
 from max.graph import DeviceRef, Graph
 
 from harness.errors import HarnessError
+from harness.paths import cache_dir
 
 TORCH_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16}
 DTYPES = {"float32": DType.float32, "bfloat16": DType.bfloat16}
@@ -49,8 +50,7 @@ def compiled_store() -> Path:
     derived = os.getenv("MODULAR_DERIVED_PATH")
     if derived:
         return Path(derived) / "max-whisper-compiled"
-    root = os.getenv("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
-    return Path(root) / "max-whisper" / "compiled"
+    return cache_dir() / "max-whisper" / "compiled"
 
 
 @dataclass

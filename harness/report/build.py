@@ -1,4 +1,4 @@
-"""The parity report: one JSON document (``parity.json``) and its Markdown rendering.
+"""The parity report: one JSON document (``parity.json``), and the folder rendered from it.
 
 ``build`` runs the comparisons and returns the document; ``write`` puts it and everything
 rendered from it on disk at once (report/files.py), so a failed run never leaves half a report
@@ -52,7 +52,6 @@ SCHEMA = 1
 # 25 s of real reading (five LibriVox utterances end to end) with its true text: one window full
 # of speech for the encoder, and 77 tokens of text to teacher-force the decoder with.
 DEFAULT_AUDIO = REPO / "fixtures" / "speech" / "librivox_window.wav"
-DEFAULT_MODEL = "tiny.en"
 
 
 def build(
