@@ -47,24 +47,21 @@ TOKENS = "tokens"  # the decoder's input in a trace
 
 def encoder_stages(n_layer: int) -> list[Stage]:
     """``conv1``, ``conv2``, ``blocks.i`` ..., ``ln_post``: pipeline order."""
-    blocks = [Stage(f"blocks.{i}", "block", "encoder", i) for i in range(n_layer)]
-    return [
-        Stage("conv1", "conv1", "encoder"),
-        Stage("conv2", "conv2", "encoder"),
-        *blocks,
-        Stage("ln_post", "ln_post", "encoder"),
-    ]
+    return _side("encoder", ["conv1", "conv2"], "blocks", n_layer, ["ln_post"])
 
 
 def decoder_stages(n_layer: int) -> list[Stage]:
     """``decoder.embed``, ``decoder.blocks.i`` ..., ``decoder.ln``, ``logits``: pipeline order."""
-    blocks = [Stage(f"decoder.blocks.{i}", "block", "decoder", i) for i in range(n_layer)]
-    return [
-        Stage("decoder.embed", "embed", "decoder"),
-        *blocks,
-        Stage("decoder.ln", "ln", "decoder"),
-        Stage("logits", "logits", "decoder"),
-    ]
+    return _side("decoder", ["decoder.embed"], "decoder.blocks", n_layer, ["decoder.ln", "logits"])
+
+
+def _side(
+    side: Side, before: list[str], blocks: str, n_layer: int, after: list[str]
+) -> list[Stage]:
+    """A model half's stages; outside the blocks a stage's kind is its name's last part."""
+    outside = [Stage(name, name.rsplit(".", 1)[-1], side) for name in before + after]
+    inside = [Stage(f"{blocks}.{i}", "block", side, i) for i in range(n_layer)]
+    return outside[: len(before)] + inside + outside[len(before) :]
 
 
 def all_stages(dims: ModelDimensions) -> list[Stage]:
