@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
+
+# What long-running functions take to report a step: a ``Progress``, ``print``, or ``silent``.
+Notify = Callable[[str], None]
 
 
 class Progress:

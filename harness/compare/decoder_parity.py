@@ -16,10 +16,11 @@ import whisper
 from scipy.special import log_softmax
 
 from harness.compare.metrics import compare
-from harness.compare.stage_walk import Progress, arbiter_for, compare_stages, first_divergent
+from harness.compare.stage_walk import arbiter_for, compare_stages, first_divergent
 from harness.compare.tolerances import Tolerances
 from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.text_decoder import MaxTextDecoder
+from harness.progress import Notify, silent
 from harness.reference import tracer
 from harness.reference.noise_floor import Float64Reference
 
@@ -52,7 +53,7 @@ def decoder_parity(
     audio_features: np.ndarray,
     tokens: np.ndarray,
     tolerances: Tolerances,
-    progress: Progress = lambda _msg: None,
+    progress: Notify = silent,
     float64: Float64Reference | None = None,
 ) -> dict[str, Any]:
     """The ``decoder.teacher_forced`` section of parity.json; ``float64`` (with these

@@ -17,17 +17,16 @@ import torch
 import whisper
 from whisper.decoding import detect_language
 
-from harness.compare.stage_walk import Progress
 from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.whisper import MaxWhisper
-from harness.progress import silent
+from harness.progress import Notify, silent
 
 
 def compare_languages(
     checkpoint: Checkpoint,
     candidate: MaxWhisper,
     clips: list[tuple[Path, np.ndarray]],
-    progress: Progress = silent,
+    progress: Notify = silent,
 ) -> list[dict[str, Any]] | None:
     """One ``language`` entry of parity.json per clip; ``None`` for an English-only model."""
     if not checkpoint.model.is_multilingual:

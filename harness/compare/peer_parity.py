@@ -24,7 +24,6 @@ from harness.compare.decoder_parity import (
     step_summary,
 )
 from harness.compare.metrics import compare
-from harness.compare.stage_walk import Progress
 from harness.compare.transcripts import (
     corpus_wer,
     first_difference,
@@ -35,6 +34,7 @@ from harness.compare.wer import word_error_rate
 from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.whisper import MaxWhisper, transcribe
 from harness.peers.ctranslate2 import CTranslate2Whisper, describe, versions
+from harness.progress import Notify
 
 
 def peer_parity(
@@ -46,7 +46,7 @@ def peer_parity(
     tokens: np.ndarray,
     document: dict[str, Any],
     clips: list[tuple[Path, np.ndarray]],
-    progress: Progress,
+    progress: Notify,
 ) -> dict[str, Any]:
     """The ``peers`` section of parity.json. ``modes`` are MAX with other weights modes,
     ``peers`` CTranslate2 at its compute types; ``mel`` (1, n_mels, 3000) is the report's window,
@@ -95,7 +95,7 @@ def _transcribed(
     engine: MaxWhisper | CTranslate2Whisper,
     entries: list[dict[str, Any]],
     clips: list[tuple[Path, np.ndarray]],
-    progress: Progress,
+    progress: Notify,
 ) -> dict[str, Any]:
     """``transcripts``: per clip, the engine's transcript (under its name) against PyTorch's,
     from ``entries``; how many are token-equal; ``wer``: pooled per clip set."""

@@ -17,6 +17,7 @@ import numpy as np
 from harness.compare.metrics import Metrics, compare
 from harness.compare.tolerances import Tolerances
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
+from harness.progress import Notify, silent
 from harness.reference.arbiter import Verdict
 from harness.reference.noise_floor import Float64Reference
 from harness.stages import MEL, Stage
@@ -42,7 +43,6 @@ class EncoderParity(TypedDict):
     frame_errors: FrameErrors
 
 
-Progress = Callable[[str], None]
 # (stage, PyTorch's input to it, PyTorch's output, MAX's isolated output) -> the verdict
 Arbiter = Callable[[str, np.ndarray, np.ndarray, np.ndarray], Verdict]
 
@@ -52,7 +52,7 @@ def compare_stages(
     run: Callable[[Stage, np.ndarray], np.ndarray],
     reference: dict[str, np.ndarray],
     first_input: str,
-    progress: Progress = lambda _msg: None,
+    progress: Notify = silent,
     arbiter: Arbiter | None = None,
 ) -> tuple[list[StageResult], dict[str, np.ndarray]]:
     """Run every stage isolated and chained against a reference trace.
@@ -94,7 +94,7 @@ def encoder_parity(
     reference: dict[str, np.ndarray],
     tolerances: Tolerances,
     speech_fraction: float = 1.0,
-    progress: Progress = lambda _msg: None,
+    progress: Notify = silent,
     float64: Float64Reference | None = None,
 ) -> EncoderParity:
     """Compare ``candidate`` stage by stage with a reference trace (see ``tracer.trace_encoder``).

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from harness.compare.stage_walk import Progress
 from harness.compare.wer import edit_distance, word_error_rate, words
 from harness.inputs.audio import audio_duration_s, load_audio
 from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.whisper import MaxWhisper, Transcript, transcribe
 from harness.paths import FIXTURES
+from harness.progress import Notify, silent
 
 FIXTURE_AUDIO = FIXTURES / "audio"
 FIXTURE_MODELS_DIR = FIXTURE_AUDIO.parent / "models"
@@ -68,7 +68,7 @@ def compare_transcripts(
     checkpoint: Checkpoint,
     candidate: MaxWhisper,
     clips: list[tuple[Path, np.ndarray]],
-    progress: Progress = lambda _msg: None,
+    progress: Notify = silent,
 ) -> list[dict[str, Any]]:
     """One ``transcripts`` entry of parity.json per clip."""
     language = transcription_language(checkpoint)

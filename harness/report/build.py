@@ -23,7 +23,7 @@ from harness.compare.decoder_parity import decoder_parity, teacher_tokens
 from harness.compare.language import compare_languages
 from harness.compare.metrics import compare
 from harness.compare.peer_parity import peer_parity
-from harness.compare.stage_walk import Progress, encoder_parity
+from harness.compare.stage_walk import encoder_parity
 from harness.compare.tolerances import Tolerances
 from harness.compare.transcripts import (
     compare_transcripts,
@@ -41,7 +41,7 @@ from harness.max_whisper.whisper import MaxWhisper
 from harness.paths import REPO
 from harness.peers import ctranslate2 as ctranslate2_peer
 from harness.peers.ctranslate2 import CTranslate2Whisper
-from harness.progress import silent
+from harness.progress import Notify, silent
 from harness.reference import tracer
 from harness.reference.noise_floor import Float64Reference
 from harness.report.files import replaced_folder, to_json
@@ -59,7 +59,7 @@ def build(
     device: str = "cpu",
     dtype: str = "float32",
     audio: list[Path] | None = None,
-    progress: Progress = silent,
+    progress: Notify = silent,
     speed: Plan | None = None,
     peers: bool = True,
     weights: Sequence[str] = (),

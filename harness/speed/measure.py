@@ -39,7 +39,6 @@ from typing import Any
 import torch
 import whisper
 
-from harness.compare.stage_walk import Progress
 from harness.compare.transcripts import transcription_language
 from harness.inputs import checkpoints
 from harness.inputs.audio import audio_duration_s, load_audio
@@ -50,7 +49,7 @@ from harness.max_whisper.whisper import MaxWhisper
 from harness.paths import FIXTURES
 from harness.peers import ctranslate2 as ctranslate2_peer
 from harness.peers.ctranslate2 import CTranslate2Whisper
-from harness.progress import silent
+from harness.progress import Notify, silent
 from harness.speed import first_transcript
 from harness.speed.backends import (
     Backend,
@@ -81,7 +80,7 @@ def measure(
     checkpoint: Checkpoint,
     candidate: MaxWhisper,
     plan: Plan,
-    progress: Progress = silent,
+    progress: Notify = silent,
     peers: Sequence[CTranslate2Whisper] = (),
     modes: Sequence[MaxWhisper] = (),
 ) -> dict[str, Any]:
@@ -115,7 +114,7 @@ def measure(
 
 
 def _execution(
-    checkpoint: Checkpoint, backends: list[Backend], plan: Plan, progress: Progress
+    checkpoint: Checkpoint, backends: list[Backend], plan: Plan, progress: Notify
 ) -> dict[str, Any]:
     audio = load_audio(plan.clip)
     mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio), checkpoint.dims.n_mels)[None]
@@ -150,7 +149,7 @@ def _first_transcripts(
     modes: Sequence[MaxWhisper],
     peers: Sequence[CTranslate2Whisper],
     plan: Plan,
-    progress: Progress,
+    progress: Notify,
 ) -> dict[str, Any]:
     """``first_transcript_s``: a new process per run, from its start to its transcript, warm
     caches, the engines in turn: ``python -m harness transcribe`` for PyTorch and each MAX
