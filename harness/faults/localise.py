@@ -41,7 +41,7 @@ from harness.compare import tolerances
 from harness.compare.bisect import bisect
 from harness.compare.decoder_parity import teacher_tokens
 from harness.compare.metrics import Metrics, compare
-from harness.compare.stage_walk import Progress
+from harness.progress import Notify as Progress
 from harness.compare.tolerances import Tolerances
 from harness.errors import HarnessError
 from harness.inputs import checkpoints
