@@ -41,7 +41,6 @@ from harness.compare import tolerances
 from harness.compare.bisect import bisect
 from harness.compare.decoder_parity import teacher_tokens
 from harness.compare.metrics import Metrics, compare
-from harness.progress import Notify as Progress
 from harness.compare.tolerances import Tolerances
 from harness.errors import HarnessError
 from harness.inputs import checkpoints
@@ -55,6 +54,7 @@ from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.max_whisper.variant import FAITHFUL, Variant
 from harness.max_whisper.whisper import MaxDecodingTask, MaxWhisper, transcribe
 from harness.paths import FIXTURES
+from harness.progress import Notify as Progress
 from harness.progress import Progress as Printer
 from harness.progress import silent
 from harness.reference import tracer
