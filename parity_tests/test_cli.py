@@ -25,6 +25,7 @@ def report_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # one whole report, speed runs included
 def test_report_writes_the_parity_document(report_dir):
     document = json.loads((report_dir / "parity.json").read_text())
     assert document["schema"] == 1
@@ -40,6 +41,7 @@ def test_report_writes_the_parity_document(report_dir):
     assert document["encoder"]["first_divergent_stage"] is None
 
 
+@pytest.mark.slow  # one whole report, speed runs included
 def test_report_has_a_noise_floor_and_a_verdict_for_every_stage(report_dir):
     """A passing run: every stage's arbiter finds both sides within tolerance of float64."""
     document = json.loads((report_dir / "parity.json").read_text())
@@ -53,6 +55,7 @@ def test_report_has_a_noise_floor_and_a_verdict_for_every_stage(report_dir):
     assert "## Noise floor and float64 arbiter" in text and "Float64 arbiter on" not in text
 
 
+@pytest.mark.slow  # one whole report, speed runs included
 def test_report_markdown_says_synthetic_loudly(report_dir):
     text = (report_dir / "report.md").read_text()
     assert "SYNTHETIC WEIGHTS" in text
@@ -77,6 +80,7 @@ def test_bad_model_is_one_line_and_writes_nothing(tmp_path, command, output, mod
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # one whole report, speed runs included
 def test_report_transcripts_are_token_identical_and_the_verdict_passes(report_dir):
     document = json.loads((report_dir / "parity.json").read_text())
     clips = {t["audio"]: t["tokens_equal"] for t in document["transcripts"]}
@@ -116,6 +120,7 @@ def test_json_is_replaced_whole_or_not_at_all(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["faults.json"]
 
 
+@pytest.mark.slow  # one whole report, speed runs included
 def test_report_times_pytorch_max_and_ctranslate2_side_by_side(report_dir):
     speed = json.loads((report_dir / "parity.json").read_text())["speed"]
     assert speed["threads"] >= 1 and speed["decode_tokens"] > 0
@@ -139,6 +144,7 @@ def test_report_times_pytorch_max_and_ctranslate2_side_by_side(report_dir):
     assert "| MAX float32, encoder, 30 s window (ms) |" in text
 
 
+@pytest.mark.slow  # one whole report, speed runs included
 def test_report_compares_every_engine_with_pytorch_as_it_does_max(report_dir):
     document = json.loads((report_dir / "parity.json").read_text())
     peers = document["peers"]

@@ -13,7 +13,12 @@ from harness.report.build import DEFAULT_AUDIO
 # Random weights of two sizes, and pretrained Whisper of the same sizes (the pinned weight
 # packages when OpenAI's files are not cached): real weights have outlier channels and
 # confident activations that random ones lack.
-MODELS = ["synthetic:tiny", "synthetic:base", "tiny.en", "base"]
+MODELS = [
+    "synthetic:tiny",
+    pytest.param("synthetic:base", marks=pytest.mark.slow),
+    "tiny.en",
+    pytest.param("base", marks=pytest.mark.slow),
+]
 
 
 @pytest.fixture(scope="module", params=MODELS)

@@ -38,7 +38,7 @@ from whisper.model import ModelDimensions, Whisper
 from harness.compare.metrics import compare
 from harness.max_whisper import decoder, encoder
 from harness.max_whisper.engine import Engine, to_numpy
-from harness.max_whisper.layers import Scope, layer_norm, linear
+from harness.max_whisper.layers import Scope, check_bound, declared_weights, layer_norm, linear, mlp
 from harness.max_whisper.weights import registry
 
 N_STATE, N_HEAD = 64, 4
@@ -131,7 +131,7 @@ def layers(scope: Scope, inputs: list[TensorValue]) -> dict[str, TensorValue]:
     embedding = decoder.token_embedding(scope / "decoder", DIMS)
     return outputs | {
         "layer_norm": layer_norm(block / "attn_ln", x, N_STATE),
-        "mlp": encoder.mlp(block / "mlp", x, N_STATE),
+        "mlp": mlp(block / "mlp", x, N_STATE),
         "self_attention": encoder.self_attention(block / "attn", x, N_HEAD),
         "causal_self_attention": decoder.self_attention(block / "attn", x, mask, N_HEAD),
         "cross_attention": decoder.cross_attention(
@@ -179,7 +179,7 @@ def max_weights(graph: Graph, model: nn.Module) -> dict[str, torch.Tensor]:
     the ``few_rows`` linears (PyTorch's layout) in one registry call, the rest in another (as
     ``MaxTextDecoder.weights``)."""
     state_dict = model.state_dict()
-    names = set(graph._weights)
+    names = set(declared_weights(graph))
     weights = registry(state_dict, "", names - FEW_ROWS_WEIGHTS, torch.float32)
     return weights | registry(state_dict, "", FEW_ROWS_WEIGHTS, torch.float32, few_rows=True)
 
@@ -341,10 +341,21 @@ def test_a_weight_of_the_wrong_shape_or_dtype_is_refused(engine, wrong):
     model = reference_model(0)
     replaced = wrong_weight(wrong, model)
     ((name, tensor),) = replaced.items()
-    declared = compiled_graph(engine)[1]._weights[name].weight
-    assert (list(tensor.shape), tensor.dtype) != ([int(d) for d in declared.shape], torch.float32)
+    _, graph = compiled_graph(engine)
+    right = max_weights(graph, model)[name]
+    assert (tensor.shape, tensor.dtype) != (right.shape, right.dtype)
     with pytest.raises((ValueError, RuntimeError, TypeError)):
         run(engine, bind(engine, model, replaced), case_inputs(0, 2, 3, 5, 0))
+
+
+@pytest.mark.parametrize("wrong", DETECTABLE)
+def test_the_harness_refuses_a_weight_of_the_wrong_shape_or_dtype(engine, wrong):
+    """What MAX binds unchecked (above), the model's binding (``BoundGraphs.model``) refuses."""
+    model = reference_model(0)
+    _, graph = compiled_graph(engine)
+    check_bound(graph, max_weights(graph, model))  # the right weights pass
+    with pytest.raises(ValueError, match=re.escape(WRONG_WEIGHTS[wrong][0])):
+        check_bound(graph, max_weights(graph, model) | wrong_weight(wrong, model))
 
 
 @pytest.mark.parametrize("wrong", list(WRONG_WEIGHTS))

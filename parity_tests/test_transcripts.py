@@ -25,6 +25,7 @@ def test_max_tokens_equal_pytorch_tokens(models, path):
     assert reference.tokens or true_text(path) == ""
 
 
+@pytest.mark.slow
 def test_long_audio_is_decoded_window_by_window(models):
     checkpoint, candidate = models
     [(path, audio)] = load_clips([p for p in fixture_clips() if p.name == "long.wav"])

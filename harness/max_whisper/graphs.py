@@ -18,7 +18,7 @@ from max.graph import Graph
 from whisper.model import ModelDimensions
 
 from harness.max_whisper.engine import Engine
-from harness.max_whisper.layers import declared_weights
+from harness.max_whisper.layers import check_bound, declared_weights
 from harness.max_whisper.quantized import FLOAT32, WeightsMode
 from harness.max_whisper.variant import FAITHFUL, Variant
 from harness.max_whisper.weights import fault_remapped, registry
@@ -48,7 +48,9 @@ class BoundGraphs:
         if key not in self._models:
             graph = self.graph(kind)
             compiled = self.engine.compile(lambda: graph, self.graph_name(kind))
-            self._models[key] = self.engine.init(compiled, self.weights(kind, prefix, graph))
+            weights = self.weights(kind, prefix, graph)
+            check_bound(graph, weights)
+            self._models[key] = self.engine.init(compiled, weights)
         return self._models[key]
 
     def graph(self, kind: str) -> Graph:

@@ -7,9 +7,11 @@ shape: the values are bound at load time through the weights registry (see ``wei
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from weakref import WeakKeyDictionary
 
+import torch
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorValue, Weight, ops
 from max.graph.quantization import QuantizationEncoding
@@ -26,6 +28,25 @@ _DECLARED: WeakKeyDictionary[Graph, dict[str, Weight]] = WeakKeyDictionary()
 def declared_weights(graph: Graph) -> list[str]:
     """The names of the weights declared while ``graph`` was being built (not its subgraphs')."""
     return list(_DECLARED.get(graph, {}))
+
+
+def check_bound(graph: Graph, weights: Mapping[str, torch.Tensor]) -> None:
+    """Refuse a weight whose shape or dtype is not what ``graph`` declared, naming it.
+
+    MAX 26.7 binds any tensor under a declared name unchecked (a smaller one is read past its
+    end), so a layout slip would otherwise surface only as wrong numbers. Quantised weights are
+    encoded bytes whose shape is the encoding's, and are left to ``quantized.layout``.
+    """
+    for name, weight in _DECLARED.get(graph, {}).items():
+        if weight.quantization_encoding is not None:
+            continue
+        tensor, shape = weights[name], [int(d) for d in weight.shape]
+        got = f"{tuple(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}"
+        if list(tensor.shape) != shape or got.split()[-1] != weight.dtype.name:
+            raise ValueError(
+                f"weight {name!r} is {got}; {graph.name} declares {tuple(shape)} "
+                f"{weight.dtype.name}"
+            )
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from whisper.model import ModelDimensions
 from harness.max_whisper import quantized
 from harness.max_whisper.variant import Variant
 
-LINEAR_WEIGHT = re.compile(r"\.(query|key|value|out|mlp\.0|mlp\.2)\.weight$")
+LINEAR_WEIGHT = re.compile(r"(^|\.)(query|key|value|out|mlp\.0|mlp\.2)\.weight$")
 CONV_WEIGHT = re.compile(r"(^|\.)conv[12]\.weight$")
 CROSS_KV = ("cross_attn.key.weight", "cross_attn.value.weight", "cross_attn.value.bias")
 
