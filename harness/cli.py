@@ -45,7 +45,7 @@ def _lazy(name: str) -> ModuleType:
     return module
 
 
-faults = _lazy("harness.faults.localise")
+faults = _lazy("harness.faults.cli")
 report = _lazy("harness.report.build")
 
 # MAX's fastest decoding weights mode whose drift from PyTorch is within CTranslate2 int8's on

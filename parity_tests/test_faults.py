@@ -23,8 +23,11 @@ from max.graph import DeviceRef, Graph, TensorType, ops
 
 from harness.compare import tolerances
 from harness.compare.bisect import RESIDUAL
-from harness.faults import localise as faults
-from harness.faults.localise import CATALOGUE, CONTROL, Check, Fault, reference, run_faults
+from harness.faults import cli, findings, localise, transcripts
+from harness.faults.catalogue import CATALOGUE, CONTROL, Fault
+from harness.faults.findings import run_faults
+from harness.faults.localise import Check
+from harness.faults.reference_trace import trace_reference
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
 from harness.max_whisper.variant import FAITHFUL
 from harness.reference.arbiter import arbitrate
@@ -100,7 +103,7 @@ def test_arbiter_says_the_reference_is_closer_for_every_numeric_fault(results):
 def test_arbiter_on_a_faithful_stage_finds_both_sides_at_round_off(
     checkpoint, engine, float32_tolerances
 ):
-    ref = reference(checkpoint)
+    ref = trace_reference(checkpoint)
     candidate = MaxAudioEncoder(checkpoint.dims, checkpoint.model.state_dict(), engine, FAITHFUL)
     block = candidate.stages()[2]
     output = candidate.run_stage(block, ref.encoder["conv2"])
@@ -115,7 +118,7 @@ def test_arbiter_on_a_faithful_stage_finds_both_sides_at_round_off(
 @slow
 def test_command_line_writes_the_results_and_a_table(tmp_path, capsys, results):
     parser = argparse.ArgumentParser()
-    faults.add_parser(parser.add_subparsers())
+    cli.add_parser(parser.add_subparsers())
     out = tmp_path / "faults.json"
     args = parser.parse_args(
         ["faults", "--model", MODEL, "--only", CONTROL.name, "--json", str(out)]
@@ -126,7 +129,7 @@ def test_command_line_writes_the_results_and_a_table(tmp_path, capsys, results):
     assert document["faults"][0]["transcript_changed"] is None
     table = capsys.readouterr().out
     assert table.splitlines()[0].split()[:4] == ["fault", "expected", "localized", "sub_stage"]
-    assert faults.table(list(results.values())).count("\n") == len(results)
+    assert cli.table(list(results.values())).count("\n") == len(results)
 
 
 # -- fast: fake stages and transcripts, nothing compiles -----------------------------------------
@@ -144,8 +147,8 @@ def localise_one(monkeypatch, run) -> dict:
     """``localise`` over a single fake stage whose MAX side is ``run``."""
     expected = np.ones((1, 4, 8), np.float32)
     check = Check("conv2", "isolated", (expected,), expected, run)
-    monkeypatch.setattr(faults, "checks", lambda *args: iter([check]))
-    return faults.localise(None, None, FAITHFUL, None, tolerances.load("float32"))
+    monkeypatch.setattr(localise, "checks", lambda *args: iter([check]))
+    return localise.localise(None, None, FAITHFUL, None, tolerances.load("float32"))
 
 
 def test_a_graph_max_refuses_is_a_finding_at_its_stage(monkeypatch):
@@ -173,11 +176,11 @@ def test_a_harness_bug_in_a_stage_propagates(monkeypatch, error):
 
 def fake_transcripts(monkeypatch, transcribe) -> None:
     """Clean stages, and ``transcribe(variant)`` in place of decoding through the stage graphs."""
-    monkeypatch.setattr(faults, "reference", lambda checkpoint: None)
-    monkeypatch.setattr(faults, "localise", lambda *args: faults._found(None, "clean"))
-    monkeypatch.setattr(faults, "StageWhisper", lambda checkpoint, engine, variant: variant)
-    monkeypatch.setattr(faults, "load_audio", lambda path: None)
-    monkeypatch.setattr(faults, "transcribe", lambda variant, audio: transcribe(variant))
+    monkeypatch.setattr(findings, "trace_reference", lambda checkpoint: None)
+    monkeypatch.setattr(findings, "localise", lambda *args: localise._found(None, "clean"))
+    monkeypatch.setattr(transcripts, "StageWhisper", lambda checkpoint, engine, variant: variant)
+    monkeypatch.setattr(transcripts, "load_audio", lambda path: None)
+    monkeypatch.setattr(transcripts, "transcribe", lambda variant, audio: transcribe(variant))
 
 
 @pytest.mark.parametrize("failing", ["both", "faithful", "faulty"])
@@ -194,7 +197,7 @@ def test_a_failed_transcript_is_unknown_never_unchanged(monkeypatch, failing):
     assert result["transcript_changed"] is None
     assert "1499" in result["transcript_error"]
     assert result["transcript_error"].startswith("faithful") == (failing == "faithful")
-    assert faults.table([result]).splitlines()[1].split()[5] == "error"
+    assert cli.table([result]).splitlines()[1].split()[5] == "error"
 
 
 def test_a_harness_bug_while_transcribing_propagates(monkeypatch):

@@ -9,7 +9,7 @@ noise floor, and the arbiter's verdict on MAX's output in the stage's ``arbiter`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypedDict
 
 import numpy as np
@@ -47,6 +47,17 @@ class EncoderParity(TypedDict):
 Arbiter = Callable[[str, np.ndarray, np.ndarray, np.ndarray], Verdict]
 
 
+def isolated_inputs(
+    stages: Iterable[Stage], reference: dict[str, np.ndarray], first_input: str
+) -> Iterator[tuple[Stage, np.ndarray, np.ndarray]]:
+    """Each stage with its isolated input and expected output from a reference trace:
+    ``reference[first_input]`` feeds the first stage, each stage's output the next."""
+    previous_name = first_input
+    for stage in stages:
+        yield stage, reference[previous_name], reference[stage.name]
+        previous_name = stage.name
+
+
 def compare_stages(
     stages: Sequence[Stage],
     run: Callable[[Stage, np.ndarray], np.ndarray],
@@ -62,10 +73,9 @@ def compare_stages(
     """
     results: list[StageResult] = []
     chained_outputs: dict[str, np.ndarray] = {}
-    previous_name, chained_input = first_input, reference[first_input]
-    for stage in stages:
+    chained_input = reference[first_input]
+    for stage, x, expected in isolated_inputs(stages, reference, first_input):
         progress(f"stage {stage.name}")
-        x, expected = reference[previous_name], reference[stage.name]
         isolated = run(stage, x)
         chained_input = chained_outputs[stage.name] = run(stage, chained_input)
         results.append(
@@ -76,7 +86,6 @@ def compare_stages(
                 arbiter=None if arbiter is None else arbiter(stage.name, x, expected, isolated),
             )
         )
-        previous_name = stage.name
     return results, chained_outputs
 
 

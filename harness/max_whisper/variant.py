@@ -1,7 +1,7 @@
 """Build-time switches of the MAX model: the faithful port, or one planted fault.
 
 The default ``Variant()`` is openai-whisper's exact maths. The fault catalogue
-(``harness/faults/localise.py``) builds graphs with one field changed, to prove the parity harness
+(``harness/faults/catalogue.py``) builds graphs with one field changed, to prove the parity harness
 catches and localises each kind of porting bug. PyTorch is never patched.
 """
 
