@@ -129,9 +129,9 @@ class MaxTextDecoder(BoundGraphs):
         """Wait for the device to finish this call's work before Python goes on.
 
         The caches are written in place, so the next step must not start while one is still being
-        written. CPU ``execute`` has been synchronous in every check, but a CI run crashed once
-        (segfault in a MAX worker thread during greedy decoding, not reproduced here); this makes
-        the ordering explicit for a few microseconds per step.
+        written. CPU ``execute`` has been synchronous in every check; this makes the ordering
+        explicit for a few microseconds per step. It does not cure the segfaults MAX 26.7 shows in
+        a long-lived process (see the Makefile's ``PYTEST_EACH``): they happen with and without it.
         """
         self.engine.session.devices[0].synchronize()
 
