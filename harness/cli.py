@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
 
+from harness.candidates import OURS
 from harness.compare import gate
 from harness.compare.transcripts import report_clips
 from harness.errors import HarnessError
@@ -47,6 +48,8 @@ def _lazy(name: str) -> ModuleType:
 
 faults = _lazy("harness.faults.cli")
 report = _lazy("harness.report.build")
+candidates = _lazy("harness.candidates.registry")
+candidate_report = _lazy("harness.candidates.document")
 
 # MAX's fastest decoding weights mode whose drift from PyTorch is within CTranslate2 int8's on
 # every measure (README, Speed); every report measures it beside float32.
@@ -110,6 +113,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time compiling the encoder with an empty MAX cache (a minute or more)",
     )
+    run.add_argument(
+        "--candidate",
+        default=OURS,
+        metavar="NAME_OR_PATH",
+        help=f"the implementation to compare with openai-whisper: {OURS} (our MAX port, default), "
+        "max-pipelines-encoder (MAX 26.7's own encoder, as is), max-pipelines-encoder:fixed, or "
+        "an adapter file (.py defining ADAPTER; README, Verify your own port)",
+    )
     run.set_defaults(run=_report)
     _add_transcribe(commands)
     gate.add_parser(commands)
@@ -161,8 +172,16 @@ def _report(args: argparse.Namespace) -> int:
         _check_weights_mode(mode)
     progress = Progress()
     spec = args.model or checkpoints.DEFAULT_MODEL
+    candidate = candidates.resolve(args.candidate)
     checkpoint = checkpoints.load(spec)
-    out = args.out or REPORTS / f"{_slug(spec)}-{args.device}-{args.dtype}"
+    suffix = "" if candidate.ours else f"-{_slug(candidate.name)}"
+    out = args.out or REPORTS / f"{_slug(spec)}-{args.device}-{args.dtype}{suffix}"
+    if not candidate.ours:
+        return _write_report(
+            candidate_report.build(checkpoint, candidate, args.device, args.dtype, progress),
+            out,
+            progress,
+        )
     audio = report_clips(checkpoint) + args.audio
     speed = None
     if args.speed_runs > 0:
@@ -177,6 +196,10 @@ def _report(args: argparse.Namespace) -> int:
         peers=args.peers,
         weights=weights,
     )
+    return _write_report(document, out, progress)
+
+
+def _write_report(document: dict, out: Path, progress: Progress) -> int:
     report.write(document, out)
     progress.done()
     verdict = "PASS" if document["verdict"]["pass"] else "FAIL"

@@ -75,10 +75,12 @@ class ModuleAdapter:
 
     def with_fixes(self, count: int | None = None) -> ModuleAdapter:
         """This adapter with its first ``count`` documented fixes applied (all by default)."""
+        applied = self.fixes[:count]
         adapter = self
-        for fix in self.fixes[:count]:
+        for fix in applied:
             adapter = fix.apply(adapter)
-        return replace(adapter, fixes=())
+        suffix = "" if not applied else ":fixed" if applied == self.fixes else f"+{len(applied)}"
+        return replace(adapter, name=self.name + suffix, fixes=())
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class ModuleCandidate:
         """Every stage's output from one run of one graph on ``mel`` (batch, n_mels, frames)."""
         graph, weights = self.build()
         with at_candidate_boundary("compile"):
-            compiled = self.engine.compile(lambda: graph, self.graph_name())
+            compiled = self.engine.compile(lambda: graph, f"{self.adapter.name} {graph.name}")
         with at_candidate_boundary("run"):
             model = self.engine.init(compiled, weights)
             laid_out = np.ascontiguousarray(self.adapter.input_layout(mel))
@@ -138,9 +140,12 @@ class ModuleCandidate:
         return self.adapter.input_type(self._construct(), self.dims)
 
     def graph_name(self) -> str:
+        """Named by shape alone: MAX's compile cache keys on the graph's text, name included,
+        so two adapters that build the same graph share one compile. The engine keeps it
+        under the adapter's name too (``boundaries``), so different graphs never share one."""
         d = self.dims
         shape = f"m{d.n_mels}c{d.n_audio_ctx}s{d.n_audio_state}h{d.n_audio_head}l{d.n_audio_layer}"
-        return "candidate_" + "".join(c if c.isalnum() else "_" for c in self.adapter.name) + shape
+        return f"candidate_{shape}"
 
     def _construct(self) -> Module:
         try:
@@ -216,7 +221,8 @@ class ModuleCandidate:
         """Record each stage's boundary while ``module`` runs: the input of the next stage's
         sub-module, the last stage's own output."""
         stages = self.stages()
-        taps = [(s, self._submodule(module, n), 0) for s, n in zip(stages, stages[1:])]
+        successors = zip(stages, stages[1:], strict=False)
+        taps = [(s, self._submodule(module, n), 0) for s, n in successors]
         taps.append((stages[-1], self._submodule(module, stages[-1]), None))
 
         def hook(layer, args, kwargs, outputs):  # MAX's layer-hook signature

@@ -45,6 +45,7 @@ def verdict(document: dict[str, Any]) -> dict[str, Any]:
             f"decoder teacher_forced {v}" for v in check(teacher_forced, "teacher_forced", limits)
         ]
     failures += [f for t in document.get("transcripts", []) for f in transcript_failures(t)]
+    failures += [finding_failure(f) for f in document.get("candidate", {}).get("findings", [])]
     peers = document.get("peers", {})
     failures += [
         f"{name} {v}"
@@ -114,6 +115,11 @@ def stage_failures(result: dict[str, Any], limits: Tolerances) -> list[str]:
         if kind in result
         for v in check(result[kind], kind, limits)
     ]
+
+
+def finding_failure(finding: dict[str, Any]) -> str:
+    """A stage the candidate could not build, run or lay out as openai-whisper does."""
+    return f"candidate {finding['stage'] or '-'} {finding['phase']}: {finding['error']}"
 
 
 def language_failures(entry: dict[str, Any], limits: Tolerances) -> list[str]:

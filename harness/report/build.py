@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import whisper
 
+from harness.candidates.registry import ours_section
 from harness.compare import tolerances
 from harness.compare.decoder_parity import decoder_parity, teacher_tokens
 from harness.compare.language import compare_languages
@@ -79,12 +80,9 @@ def build(
     clips = load_clips(audio or fixture_clips())
     engine = Engine(device, DTYPES[dtype], on_compile=lambda n: progress(f"compiling {n}"))
     candidate = MaxWhisper(checkpoint, engine)
-    samples = load_audio(DEFAULT_AUDIO)
-    window = whisper.pad_or_trim(samples)
-    mel = whisper.log_mel_spectrogram(window, checkpoint.dims.n_mels).numpy()
+    window, mel, speech = encoder_window(checkpoint)
     progress("PyTorch reference: tracing the encoder")
     reference = tracer.trace_encoder(checkpoint.model.encoder, mel[None])
-    speech = min(1.0, len(samples) / whisper.audio.N_SAMPLES)
     tokens = teacher_tokens(checkpoint, true_text(DEFAULT_AUDIO) or "")
     float64 = Float64Reference(checkpoint.model, reference["ln_post"])
     document = {
@@ -94,6 +92,7 @@ def build(
         "dtype": dtype,
         "versions": versions(),
         "tolerances": limits.limits,
+        "candidate": ours_section(),
         **mel_section(candidate, window, mel, float64, limits),
         "encoder": {
             "audio": DEFAULT_AUDIO.name,
@@ -138,6 +137,15 @@ def build(
     document["compile_s"] = engine.compile_seconds
     document["verdict"] = verdict(document)
     return document
+
+
+def encoder_window(checkpoint: Checkpoint) -> tuple[np.ndarray, np.ndarray, float]:
+    """``DEFAULT_AUDIO``'s 30 s window, its log-mel (n_mels, frames) and the share of the window
+    that is speech rather than padding."""
+    samples = load_audio(DEFAULT_AUDIO)
+    window = whisper.pad_or_trim(samples)
+    mel = whisper.log_mel_spectrogram(window, checkpoint.dims.n_mels).numpy()
+    return window, mel, min(1.0, len(samples) / whisper.audio.N_SAMPLES)
 
 
 def peer_engines(

@@ -43,7 +43,11 @@ NOISE_FLOOR_COLUMNS = (
 
 
 def isolated_stages(stages: list[dict[str, Any]]) -> list[Isolated]:
-    return [Isolated(s["stage"], "isolated", s["isolated"], s.get("arbiter")) for s in stages]
+    return [
+        Isolated(s["stage"], "isolated", s["isolated"], s.get("arbiter"))
+        for s in stages
+        if "isolated" in s  # a candidate that exposes outputs only is compared chained
+    ]
 
 
 def isolated(document: dict[str, Any]) -> Iterator[Isolated]:

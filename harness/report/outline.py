@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.candidates.section import candidate_section
 from harness.compare.verdict import limits_of, verdict
 from harness.report.content import Outline
 from harness.report.noise_floor_section import noise_floor_section
@@ -27,6 +28,7 @@ def outline(document: dict[str, Any]) -> Outline:
     model = document["model"]
     limits = limits_of(document)
     sections = [
+        candidate_section(document.get("candidate")),
         encoder_section(document.get("encoder"), limits),
         whole_graphs_section(document, limits),
         decoder_section(document.get("decoder", {}).get("teacher_forced"), limits),

@@ -75,7 +75,9 @@ def stages_figure(section: dict[str, Any], limits: Tolerances, title: str) -> Fi
         ("relative L2 error", "1 − min frame cosine"),
         strict=True,
     ):
-        errors = {kind: [_error(s[kind].get(metric), metric) for s in stages] for kind in KINDS}
+        errors = {
+            kind: [_error(s.get(kind, {}).get(metric), metric) for s in stages] for kind in KINDS
+        }
         for kind, (marker, color) in KINDS.items():
             axes.plot(range(len(names)), errors[kind], marker=marker, color=color, label=kind)
             bound = limits.limit(kind, metric)

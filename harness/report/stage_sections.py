@@ -33,12 +33,18 @@ def encoder_section(encoder: dict[str, Any] | None, limits: Tolerances) -> Secti
     if not encoder or not encoder.get("stages"):
         return None
     divergent = encoder.get("first_divergent_stage")
+    localised_by = encoder.get("localised_by", "isolated")
     bullets = [
         "Isolated: each MAX stage fed PyTorch's input to it (its own error). Chained: fed MAX's "
         "previous output (the drift accumulated so far).",
-        f"First divergent stage (first isolated error over tolerance): {divergent or 'none'}",
+        f"First divergent stage (first {localised_by} error over tolerance): {divergent or 'none'}",
         *arbiter_lines(isolated_stages(encoder["stages"]), limits),
     ]
+    if localised_by == "chained":
+        bullets[0] = (
+            "Chained only: the candidate exposes its outputs, not its stage inputs; one run of "
+            "its one graph gives every stage boundary, each compared with PyTorch's."
+        )
     if encoder.get("audio"):
         bullets.insert(0, f"Input: 30 s window of {encoder['audio']} (speech, then padding)")
     return Section(
@@ -67,7 +73,7 @@ def stage_table(stages: list[dict[str, Any]], limits: Tolerances, divergent: str
     )
     rows = [limit_row]
     for result in stages:
-        iso, chained = result["isolated"], result["chained"]
+        iso, chained = result.get("isolated", {}), result["chained"]
         bad = stage_failures(result, limits)
         first = result["stage"] == divergent
         rows.append(
