@@ -4,9 +4,11 @@ MODEL ?=
 AUDIO ?=
 DEVICE ?= cpu
 DTYPE ?= float32
+CANDIDATE ?=
 GATE_MODEL := tiny.en
 BASELINE := fixtures/baseline-$(GATE_MODEL).json
-REPORT_ARGS = $(if $(MODEL),--model $(MODEL)) $(foreach a,$(AUDIO),--audio $(a)) --device $(DEVICE) --dtype $(DTYPE)
+REPORT_ARGS = $(if $(MODEL),--model $(MODEL)) $(foreach a,$(AUDIO),--audio $(a)) --device $(DEVICE) \
+	--dtype $(DTYPE) $(if $(CANDIDATE),--candidate $(CANDIDATE))
 
 .PHONY: install test test-fast bench parity-report gate baseline lint format fixtures-audio fixtures-speech \
 	fixture-model

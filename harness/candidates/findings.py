@@ -33,6 +33,7 @@ class Finding:
     where: str | None = None  # "encoder.py line 34: <the line>"
     fix: str | None = None  # what would fix it, where the harness can tell
     behind: tuple[str, ...] = field(default=())  # the adapter's fixes applied to get this far
+    adapter_fix: str | None = None  # the adapter's documented fix that gets past it
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "behind": list(self.behind)}
@@ -133,7 +134,7 @@ def where_assigned(source: Path, attribute: str) -> str | None:
 
 
 def transpose_fix(error: str) -> str | None:
-    """"Value ... had different shape (expected=(3, 80, 384), actual=(384, 80, 3))": the axis
+    """ "Value ... had different shape (expected=(3, 80, 384), actual=(384, 80, 3))": the axis
     order that turns the actual shape into the expected one, when there is one."""
     shapes = re.findall(rf"expected={SHAPE}.*?actual={SHAPE}", error)
     if not shapes:

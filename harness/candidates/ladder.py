@@ -31,11 +31,13 @@ def build_findings(
     engine: Engine,
 ) -> list[Finding]:
     """The failures met building ``adapter`` with none, then 1, 2, … of its fixes; empty when
-    it builds as is."""
-    findings = []
+    it builds as is. A failure gets past by the next fix is marked with that fix's name."""
+    findings: list[Finding] = []
     for count in range(len(adapter.fixes) + 1):
         attempt = adapter.with_fixes(count)
         failure = build_failure(ModuleCandidate(attempt, dims, state_dict, engine))
+        if findings and findings[-1].where != (failure and failure.where):
+            findings[-1] = replace(findings[-1], adapter_fix=adapter.fixes[count - 1].name)
         if failure is None:
             break
         fix = failure.fix or input_fix(attempt, dims, state_dict, engine, failure)

@@ -4,20 +4,30 @@ covers everything and has none, gets no section."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from harness.candidates.registry import OURS
 from harness.report.content import Row, Section, Table
 
-FINDING_COLUMNS = ("#", "stage", "phase", "where", "error", "fix", "behind fixes")
+FINDING_COLUMNS = (
+    "#",
+    "stage",
+    "phase",
+    "where",
+    "error",
+    "fix the harness can tell",
+    "adapter's fix",
+    "found behind",
+)
 
 
 def candidate_section(candidate: dict[str, Any] | None) -> Section | None:
     if not candidate or candidate["name"] == OURS:
         return None
     bullets = [
-        f"Candidate: {candidate['name']} (adapter {candidate['adapter']}; "
-        f"code {candidate['source']})",
+        f"Candidate: {candidate['name']} (adapter {_short(candidate['adapter'])}; "
+        f"its code {_short(candidate['source'])})",
         f"Form: {candidate['form']}",
         f"Covers: {', '.join(candidate['covers'])}; not provided by the candidate, so not "
         f"compared: {candidate['not_covered']}",
@@ -52,6 +62,17 @@ def _finding_row(number: int, finding: dict[str, Any]) -> Row:
             finding["where"] or "—",
             finding["error"],
             finding["fix"] or "—",
-            "; ".join(finding["behind"]) or "—",
+            finding.get("adapter_fix") or "—",
+            "; ".join(finding["behind"]) or "as is",
         )
     )
+
+
+def _short(path: str) -> str:
+    """A path from the repository or from site-packages, as a reader would look it up."""
+    parts = Path(path).parts
+    for anchor in ("site-packages", "harness", "parity_tests"):
+        if anchor in parts:
+            start = parts.index(anchor) + (anchor == "site-packages")
+            return "/".join(parts[start:])
+    return path

@@ -80,7 +80,7 @@ def stage_table(stages: list[dict[str, Any]], limits: Tolerances, divergent: str
             Row(
                 (
                     result["stage"] + (" ⟵ first divergent" if first else ""),
-                    *_metric_cells(iso),
+                    *(_metric_cells(iso) if iso else ("—",) * len(METRIC_COLUMNS)),
                     sci(chained.get("rel_l2")),
                     one_minus(chained.get("min_frame_cosine")),
                     status_cell(bad),
