@@ -26,7 +26,9 @@ from harness.max_whisper.audio_encoder import MaxAudioEncoder
 from harness.report import build as report
 from harness.stages import encoder_stages, stage_named
 
-WRONG_HEAD_SPLIT = Path(__file__).parent / "candidates" / "wrong_head_split.py"
+ADAPTERS = Path(__file__).parent / "candidates"
+WRONG_HEAD_SPLIT = ADAPTERS / "wrong_head_split.py"
+PYTORCH_ENCODER = ADAPTERS / "pytorch_encoder.py"
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +133,13 @@ def test_transpose_fix_reads_max_weight_shape_errors():
         "the weight matches after a transpose (2, 1, 0): (384, 80, 3) → (3, 80, 384)"
     )
     assert permutation((2, 3), (3, 4)) is None and permutation((2, 3), (2, 3)) is None
+
+
+def test_a_candidate_need_not_be_max(tiny_en):
+    """openai-whisper's own modules as a StageCandidate from a file: isolated and chained."""
+    parity = document.build(tiny_en, registry.resolve(str(PYTORCH_ENCODER)))
+    assert parity["verdict"]["pass"] and parity["candidate"]["graphs_compiled"] == 0
+    assert parity["candidate"]["form"].startswith("stage inputs exposed")
+    stages = parity["encoder"]["stages"]
+    assert len(stages) == 3 + tiny_en.dims.n_audio_layer
+    assert max(s[kind]["rel_l2"] for s in stages for kind in ("isolated", "chained")) < 1e-6

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.candidates.findings import CandidateFailure, Finding
+from harness.candidates.findings import CandidateFailure, Finding, at_candidate_boundary
+from harness.candidates.interface import BoundaryCandidate, StageCandidate
 from harness.candidates.ladder import build_findings
 from harness.candidates.max_module import ModuleCandidate
 from harness.candidates.parity import candidate_encoder_parity
@@ -29,6 +30,10 @@ from harness.reference import tracer
 from harness.report.build import DEFAULT_AUDIO, SCHEMA, encoder_window, model_section, versions
 
 NOT_COVERED = "mel, decoder, transcripts, language, peers, speed"
+FORMS = {
+    StageCandidate: "stage inputs exposed: every stage isolated and chained",
+    BoundaryCandidate: "outputs only: one run, every stage boundary an output; compared chained",
+}
 
 
 def build(
@@ -47,12 +52,10 @@ def build(
     _, mel, speech = encoder_window(checkpoint)
     progress("PyTorch reference: tracing the encoder")
     reference = tracer.trace_encoder(checkpoint.model.encoder, mel[None])
-    state_dict = checkpoint.model.state_dict()
     progress(f"building {candidate.name}")
-    findings = build_findings(candidate.adapter, checkpoint.dims, state_dict, engine)
+    bound, findings = built(candidate, checkpoint, engine)
     encoder = None
-    if not findings:
-        bound = ModuleCandidate(candidate.adapter, checkpoint.dims, state_dict, engine)
+    if bound is not None:
         encoder, findings = compared_encoder(bound, reference, limits, speech, progress)
     document = {
         "schema": SCHEMA,
@@ -61,7 +64,7 @@ def build(
         "dtype": dtype,
         "versions": versions(),
         "tolerances": limits.limits,
-        "candidate": candidate_section(candidate, checkpoint, findings, engine),
+        "candidate": candidate_section(candidate, bound, checkpoint, findings, engine),
     }
     if encoder:
         document["encoder"] = {"audio": DEFAULT_AUDIO.name, **encoder}
@@ -70,8 +73,25 @@ def build(
     return document
 
 
+def built(
+    candidate: Candidate, checkpoint: Checkpoint, engine: Engine
+) -> tuple[StageCandidate | BoundaryCandidate | None, list[Finding]]:
+    """The candidate bound to the checkpoint, or none and every build failure found."""
+    state_dict = checkpoint.model.state_dict()
+    if candidate.factory is not None:
+        try:
+            with at_candidate_boundary("construct"):
+                return candidate.factory(checkpoint.dims, state_dict), []
+        except CandidateFailure as failure:
+            return None, [failure.finding]
+    findings = build_findings(candidate.adapter, checkpoint.dims, state_dict, engine)
+    if findings:
+        return None, findings
+    return ModuleCandidate(candidate.adapter, checkpoint.dims, state_dict, engine), []
+
+
 def compared_encoder(
-    bound: ModuleCandidate,
+    bound: StageCandidate | BoundaryCandidate,
     reference: dict[str, np.ndarray],
     limits: Tolerances,
     speech: float,
@@ -85,19 +105,22 @@ def compared_encoder(
 
 
 def candidate_section(
-    candidate: Candidate, checkpoint: Checkpoint, findings: list[Finding], engine: Engine
+    candidate: Candidate,
+    bound: StageCandidate | BoundaryCandidate | None,
+    checkpoint: Checkpoint,
+    findings: list[Finding],
+    engine: Engine,
 ) -> dict[str, Any]:
     """``parity.json["candidate"]``: what was compared, how, and what failed."""
     adapter = candidate.adapter
     return {
         "name": candidate.name,
         "adapter": candidate.origin,
-        "source": str(adapter.source),
-        "form": "outputs only: one graph, every stage boundary an output; compared chained",
+        "source": str(adapter.source) if adapter else candidate.origin,
+        "form": FORMS[StageCandidate if isinstance(bound, StageCandidate) else BoundaryCandidate],
         "covers": ["encoder"],
         "not_covered": NOT_COVERED,
         "fixes_applied": list(candidate.fixes_applied),
-        "fixes_documented": [f.name for f in adapter.fixes] or list(candidate.fixes_applied),
         "graphs_compiled": len(engine.compile_seconds),
         "graphs_stage_by_stage": 3 + checkpoint.dims.n_audio_layer,
         "findings": [f.as_dict() for f in findings],

@@ -1,16 +1,22 @@
 """``--candidate NAME_OR_PATH[:fixed]``: our port, a shipped adapter, or an adapter file.
 
-An adapter file is a Python file that defines ``ADAPTER``, a ``ModuleAdapter`` (see
-``adapters/max_pipelines_encoder.py``). ``:fixed`` applies the adapter's documented fixes.
+An adapter file is a Python file that defines either ``ADAPTER``, a ``ModuleAdapter`` for a
+``max.nn`` Module port (see ``adapters/max_pipelines_encoder.py``), or, for an implementation in
+anything else, ``build_candidate(dims, state_dict)`` returning a ``StageCandidate`` or a
+``BoundaryCandidate`` (``interface.py``). ``:fixed`` applies a ModuleAdapter's documented fixes.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from types import ModuleType
+
+import torch
+from whisper.model import ModelDimensions
 
 from harness.candidates import OURS
 from harness.candidates.max_module import ModuleAdapter
@@ -20,18 +26,23 @@ SHIPPED = {"max-pipelines-encoder": "harness.candidates.adapters.max_pipelines_e
 FIXED = ":fixed"
 
 
+# (dims, openai-whisper's state dict) -> a StageCandidate or a BoundaryCandidate
+Factory = Callable[[ModelDimensions, Mapping[str, torch.Tensor]], object]
+
+
 @dataclass(frozen=True)
 class Candidate:
-    """A candidate as asked for: its name, and its adapter (None for our own port)."""
+    """A candidate as asked for: its name and its adapter or factory (neither: our port)."""
 
     name: str
     adapter: ModuleAdapter | None
     origin: str  # the adapter's file, or our port's package
     fixes_applied: tuple[str, ...] = ()
+    factory: Factory | None = None
 
     @property
     def ours(self) -> bool:
-        return self.adapter is None
+        return self.adapter is None and self.factory is None
 
 
 def resolve(spec: str) -> Candidate:
@@ -41,8 +52,14 @@ def resolve(spec: str) -> Candidate:
     base, fixed = (spec[: -len(FIXED)], True) if spec.endswith(FIXED) else (spec, False)
     module = _adapter_module(base)
     adapter = getattr(module, "ADAPTER", None)
+    factory = getattr(module, "build_candidate", None)
+    if factory is not None and not fixed:
+        return Candidate(spec, None, module.__file__, factory=factory)
     if not isinstance(adapter, ModuleAdapter):
-        raise HarnessError(f"--candidate {spec}: {module.__file__} defines no ADAPTER")
+        raise HarnessError(
+            f"--candidate {spec}: {module.__file__} defines no ADAPTER (a ModuleAdapter)"
+            + ("" if fixed else " nor build_candidate")
+        )
     if fixed and not adapter.fixes:
         raise HarnessError(f"--candidate {spec}: {adapter.name} documents no fixes")
     applied = tuple(f.name for f in adapter.fixes) if fixed else ()

@@ -45,7 +45,8 @@ def candidate_section(candidate: dict[str, Any] | None) -> Section | None:
 def _graphs_line(candidate: dict[str, Any]) -> str:
     compiled = candidate["graphs_compiled"]
     if not compiled:
-        return "Graphs compiled: none (the build failed before a graph was whole)"
+        failed = " (the build failed before a graph was whole)" if candidate["findings"] else ""
+        return f"MAX graphs compiled: none{failed}"
     return (
         f"Graphs compiled: {compiled}, where a graph per stage would be "
         f"{candidate['graphs_stage_by_stage']} (a module's blocks carry their own weight names, "
