@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness import cli
 from harness.candidates import document, registry
 from harness.candidates.findings import (
     CandidateFailure,
@@ -70,6 +71,7 @@ def test_as_is_report_is_whole_and_fails_on_the_findings(tiny_en, tmp_path):
     assert "not provided by the candidate, so not compared: mel, decoder" in written
     assert json.loads((tmp_path / "parity.json").read_text())["candidate"]["findings"]
     assert (tmp_path / "report.html").read_text().count("encoder.py line") == 4  # each finding
+    assert cli.main(["gate", str(tmp_path / "parity.json")]) == 1  # judged, not refused
 
 
 def test_fixed_candidate_is_within_float32_tolerance_on_tiny_en(tiny_en, tmp_path):
@@ -81,6 +83,7 @@ def test_fixed_candidate_is_within_float32_tolerance_on_tiny_en(tiny_en, tmp_pat
     assert max(s["chained"]["rel_l2"] for s in parity["encoder"]["stages"]) < 1e-5
     assert parity["candidate"]["graphs_compiled"] == 1
     assert "Findings: none" in (tmp_path / "report.md").read_text()
+    assert cli.main(["gate", str(tmp_path / "parity.json")]) == 0
 
 
 def test_wrong_head_split_is_localised_to_blocks_0(tiny_en):

@@ -84,7 +84,8 @@ def load(path: Path) -> dict[str, Any]:
     if not isinstance(document.get("dtype"), str):
         raise HarnessError(f"{path}: parity document without a dtype")
     encoder = document.get("encoder")
-    if not isinstance(encoder, dict) or not encoder.get("stages"):
+    failed_to_build = document.get("candidate", {}).get("findings")  # judged by the verdict
+    if (not isinstance(encoder, dict) or not encoder.get("stages")) and not failed_to_build:
         # Every report compares the encoder: without it, nothing failing would mean nothing run.
         raise HarnessError(f"{path}: parity document without encoder stages")
     return document
