@@ -140,8 +140,8 @@ class ModuleCandidate:
         return self.adapter.input_type(self._construct(), self.dims)
 
     def graph_name(self) -> str:
-        """Named by shape alone: MAX's compile cache keys on the graph's text, name included,
-        so two adapters that build the same graph share one compile. The engine keeps it
+        """Named by shape alone, so adapters that build the same graph (a shipped one and a
+        user's copy of it) share MAX's cached compile; the engine keeps each compiled graph
         under the adapter's name too (``boundaries``), so different graphs never share one."""
         d = self.dims
         shape = f"m{d.n_mels}c{d.n_audio_ctx}s{d.n_audio_state}h{d.n_audio_head}l{d.n_audio_layer}"
