@@ -16,7 +16,6 @@ from pathlib import Path
 from types import ModuleType
 
 from harness.compare import gate
-from harness.compare.transcripts import report_clips
 from harness.errors import HarnessError
 from harness.inputs import checkpoints
 from harness.inputs.audio import load_audio
@@ -24,7 +23,6 @@ from harness.max_whisper.engine import DTYPES, Engine
 from harness.max_whisper.whisper import MaxWhisper, transcribe
 from harness.paths import REPORTS
 from harness.progress import Progress
-from harness.speed.measure import Plan
 
 
 def _lazy(name: str) -> ModuleType:
@@ -47,6 +45,8 @@ def _lazy(name: str) -> ModuleType:
 
 faults = _lazy("harness.faults.cli")
 report = _lazy("harness.report.build")
+measure = _lazy("harness.speed.measure")  # with the peers and scipy: ~0.5 s
+transcripts = _lazy("harness.compare.transcripts")
 
 # MAX's fastest decoding weights mode whose drift from PyTorch is within CTranslate2 int8's on
 # every measure (README, Speed); every report measures it beside float32.
@@ -87,9 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--speed-runs",
         type=int,
-        default=Plan.runs,
+        default=measure.Plan.runs,
         metavar="N",
-        help=f"timed runs per speed measure, medians reported (default {Plan.runs}; 0: no speed)",
+        help=f"timed runs per speed measure, medians reported (default {measure.Plan.runs}; "
+        "0: no speed)",
     )
     run.add_argument(
         "--weights",
@@ -163,10 +164,12 @@ def _report(args: argparse.Namespace) -> int:
     spec = args.model or checkpoints.DEFAULT_MODEL
     checkpoint = checkpoints.load(spec)
     out = args.out or REPORTS / f"{_slug(spec)}-{args.device}-{args.dtype}"
-    audio = report_clips(checkpoint) + args.audio
+    audio = transcripts.report_clips(checkpoint) + args.audio
     speed = None
     if args.speed_runs > 0:
-        speed = Plan(report.DEFAULT_AUDIO, runs=args.speed_runs, cold_compile=args.cold_compile)
+        speed = measure.Plan(
+            report.DEFAULT_AUDIO, runs=args.speed_runs, cold_compile=args.cold_compile
+        )
     document = report.build(
         checkpoint,
         args.device,
