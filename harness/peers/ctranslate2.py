@@ -191,7 +191,9 @@ class CTranslate2Whisper:
         segments = list(segments)
         text = "".join(s.text for s in segments)
         tokens = [t for s in segments for t in s.tokens]
-        as_dicts = [{"start": s.start, "end": s.end, "text": s.text} for s in segments]
+        as_dicts = [
+            {"seek": s.seek, "start": s.start, "end": s.end, "text": s.text} for s in segments
+        ]
         return Transcript(text, tokens, info.language, as_dicts)
 
 
