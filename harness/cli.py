@@ -17,7 +17,6 @@ from types import ModuleType
 
 from harness.candidates import OURS
 from harness.compare import gate
-from harness.compare.transcripts import report_clips
 from harness.errors import HarnessError
 from harness.inputs import checkpoints
 from harness.inputs.audio import load_audio
@@ -25,7 +24,6 @@ from harness.max_whisper.engine import DTYPES, Engine
 from harness.max_whisper.whisper import MaxWhisper, transcribe
 from harness.paths import REPORTS
 from harness.progress import Progress
-from harness.speed.measure import Plan
 
 
 def _lazy(name: str) -> ModuleType:
@@ -48,6 +46,8 @@ def _lazy(name: str) -> ModuleType:
 
 faults = _lazy("harness.faults.cli")
 report = _lazy("harness.report.build")
+measure = _lazy("harness.speed.measure")  # with the peers and scipy: ~0.5 s
+transcripts = _lazy("harness.compare.transcripts")
 candidates = _lazy("harness.candidates.registry")
 candidate_report = _lazy("harness.candidates.document")
 
@@ -90,9 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--speed-runs",
         type=int,
-        default=Plan.runs,
+        default=measure.Plan.runs,
         metavar="N",
-        help=f"timed runs per speed measure, medians reported (default {Plan.runs}; 0: no speed)",
+        help=f"timed runs per speed measure, medians reported (default {measure.Plan.runs}; "
+        "0: no speed)",
     )
     run.add_argument(
         "--weights",
@@ -182,10 +183,12 @@ def _report(args: argparse.Namespace) -> int:
             out,
             progress,
         )
-    audio = report_clips(checkpoint) + args.audio
+    audio = transcripts.report_clips(checkpoint) + args.audio
     speed = None
     if args.speed_runs > 0:
-        speed = Plan(report.DEFAULT_AUDIO, runs=args.speed_runs, cold_compile=args.cold_compile)
+        speed = measure.Plan(
+            report.DEFAULT_AUDIO, runs=args.speed_runs, cold_compile=args.cold_compile
+        )
     document = report.build(
         checkpoint,
         args.device,

@@ -39,7 +39,7 @@ def tiny_en(load_checkpoint):
 
 def test_max_pipelines_encoder_as_is_fails_four_times_each_at_its_line(tiny_en, engine):
     adapter = registry.resolve("max-pipelines-encoder").adapter
-    findings = build_findings(adapter, tiny_en.dims, tiny_en.model.state_dict(), engine)
+    findings = build_findings(adapter, tiny_en.dims, tiny_en.state_dict(), engine)
     assert [(f.stage, f.phase) for f in findings] == [
         ("blocks.0", "construct"),
         ("conv1", "load weights"),
@@ -97,9 +97,9 @@ def test_wrong_head_split_is_localised_to_blocks_0(tiny_en):
 
 
 def test_our_port_is_a_stage_candidate_and_a_module_adapter_a_boundary_one(tiny_en, engine):
-    ours = MaxAudioEncoder(tiny_en.dims, tiny_en.model.state_dict(), engine)
+    ours = MaxAudioEncoder(tiny_en.dims, tiny_en.state_dict(), engine)
     adapter = registry.resolve("max-pipelines-encoder:fixed").adapter
-    module = ModuleCandidate(adapter, tiny_en.dims, tiny_en.model.state_dict(), engine)
+    module = ModuleCandidate(adapter, tiny_en.dims, tiny_en.state_dict(), engine)
     assert isinstance(ours, StageCandidate) and not isinstance(ours, BoundaryCandidate)
     assert isinstance(module, BoundaryCandidate) and not isinstance(module, StageCandidate)
     assert registry.resolve("max-whisper").ours

@@ -139,8 +139,12 @@ def test_report_times_pytorch_max_and_ctranslate2_side_by_side(report_dir):
             assert timed["speedup"]["max"][peer] == pytest.approx(ratio)
     assert speed["compile_s"]["cold"] is None and speed["compile_s"]["warm"] > 0
     assert all(speed["load_s"][engine] > 0 for engine in ["torch", "max", *engines[3:]])
+    work = speed["end_to_end_work"]
+    assert list(work) == engines and all(w["windows"] >= 1 for w in work.values())
+    assert work["max"] == work["torch"]  # same windowing, token-equal transcripts
     text = (report_dir / "report.md").read_text()
     assert "## Speed" in text and "decoding (ms per token)" in text
+    assert "End-to-end work (30 s windows encoded, tokens kept): PyTorch float32 " in text
     assert "| MAX float32, encoder, 30 s window (ms) |" in text
 
 

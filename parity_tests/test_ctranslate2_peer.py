@@ -83,7 +83,8 @@ def test_the_pretrained_package_folder_is_used_as_shipped(load_checkpoint):
 
 
 def test_a_vocabulary_without_a_tokenizer_is_one_clear_error(load_checkpoint, monkeypatch):
-    checkpoint = replace(load_checkpoint("synthetic:tiny"), sha256="0" * 64)  # not written yet
+    checkpoint = replace(load_checkpoint("synthetic:tiny"))  # a copy, whose hash we set:
+    vars(checkpoint)["sha256"] = "0" * 64  # no folder was written under this one
     monkeypatch.setattr(ctranslate2_peer, "SIDE_FILES_FROM", {})
     with pytest.raises(HarnessError, match="no tokenizer.json/config.json for CTranslate2"):
         ctranslate2_peer.model_folder(checkpoint)

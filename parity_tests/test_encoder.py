@@ -30,7 +30,7 @@ def checkpoint(request, load_checkpoint):
 def parity(checkpoint, engine, float32_tolerances):
     mel = tracer.window_mel(load_audio(DEFAULT_AUDIO), checkpoint.dims.n_mels)
     reference = tracer.trace_encoder(checkpoint.model.encoder, mel)
-    candidate = MaxAudioEncoder(checkpoint.dims, checkpoint.model.state_dict(), engine)
+    candidate = MaxAudioEncoder(checkpoint.dims, checkpoint.state_dict(), engine)
     return encoder_parity(candidate, reference, float32_tolerances)
 
 
@@ -71,6 +71,6 @@ def test_tolerances_are_the_ones_promised(float32_tolerances):
 @pytest.mark.parametrize("shape", [(1, 80, 2000), (1, 128, 3000), (80, 3000)])
 def test_a_mel_of_the_wrong_shape_is_a_clear_error(shape, engine, load_checkpoint):
     checkpoint = load_checkpoint("synthetic:tiny")
-    candidate = MaxAudioEncoder(checkpoint.dims, checkpoint.model.state_dict(), engine)
+    candidate = MaxAudioEncoder(checkpoint.dims, checkpoint.state_dict(), engine)
     with pytest.raises(HarnessError, match=r"mel has shape .* takes \(batch, 80, 3000\)"):
         candidate(np.zeros(shape, dtype=np.float32))

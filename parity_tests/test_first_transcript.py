@@ -25,7 +25,10 @@ from harness.inputs.synthetic import official_dims
 from harness.inputs.validation import expected_shapes
 from harness.max_whisper import engine as engine_module
 from harness.max_whisper.engine import Engine
+from harness.max_whisper.layers import Declared
 from harness.max_whisper.mel import MaxLogMel
+from harness.max_whisper.text_decoder import MaxTextDecoder
+from harness.max_whisper.variant import FAITHFUL, Variant
 from harness.max_whisper.whisper import transcribe
 from harness.paths import REPO
 from harness.speed import first_transcript
@@ -132,6 +135,34 @@ def test_compiled_graphs_are_read_back_by_a_new_engine(tmp_path):
     third = Engine(store=tmp_path)
     np.testing.assert_array_equal(MaxLogMel(80, third)(audio), expected)
     assert not third.loaded and path.stat().st_size > 1000
+
+
+def test_a_stored_graph_known_by_its_recipe_is_not_built_again(tmp_path, load_checkpoint):
+    checkpoint = load_checkpoint("synthetic:tiny")
+    first = Engine(store=tmp_path)
+    built = MaxTextDecoder(checkpoint.dims, checkpoint.state_dict(), first)
+    built.model("ln", "decoder.")
+    second = Engine(store=tmp_path)
+    stored = MaxTextDecoder(checkpoint.dims, checkpoint.state_dict(), second)
+    stored.graph = None  # building a graph would fail: it must come from the store
+    stored.model("ln", "decoder.")
+    name = built.graph_name("ln")
+    assert not first.loaded and second.loaded == {name}
+    n_state = checkpoint.dims.n_text_state
+    expected = {
+        "ln.weight": Declared((n_state,), "float32"),
+        "ln.bias": Declared((n_state,), "float32"),
+    }
+    assert first.declared[name] == second.declared[name] == expected
+
+
+def test_a_recipe_names_every_dim_and_variant_field(load_checkpoint):
+    checkpoint = load_checkpoint("synthetic:tiny")
+    recipes = {
+        MaxTextDecoder(checkpoint.dims, checkpoint.state_dict(), Engine(store=None), v).recipe("ln")
+        for v in (FAITHFUL, Variant(layer_norm_eps=1e-6), Variant(key_bias=True))
+    }
+    assert len(recipes) == 3
 
 
 def _graph(name: str, scale: float) -> Graph:

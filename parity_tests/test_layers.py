@@ -353,9 +353,10 @@ def test_the_harness_refuses_a_weight_of_the_wrong_shape_or_dtype(engine, wrong)
     """What MAX binds unchecked (above), the model's binding (``BoundGraphs.model``) refuses."""
     model = reference_model(0)
     _, graph = compiled_graph(engine)
-    check_bound(graph, max_weights(graph, model))  # the right weights pass
+    check_bound(declared_weights(graph), max_weights(graph, model), graph.name)  # right: pass
     with pytest.raises(ValueError, match=re.escape(WRONG_WEIGHTS[wrong][0])):
-        check_bound(graph, max_weights(graph, model) | wrong_weight(wrong, model))
+        wrong_weights = max_weights(graph, model) | wrong_weight(wrong, model)
+        check_bound(declared_weights(graph), wrong_weights, graph.name)
 
 
 @pytest.mark.parametrize("wrong", list(WRONG_WEIGHTS))

@@ -52,7 +52,7 @@ def test_librivox_word_error_rate_for_both_backends(transcripts):
 
 def test_multilingual_base_detects_english_without_being_told(pretrained, transcripts):
     checkpoint, _ = pretrained
-    if not checkpoint.model.is_multilingual:
+    if not checkpoint.is_multilingual:
         assert transcription_language(checkpoint) == "en"
         return
     assert transcription_language(checkpoint) is None  # detected, as a user's run does
@@ -63,7 +63,7 @@ def test_multilingual_base_detects_english_without_being_told(pretrained, transc
 def test_language_probabilities_agree(pretrained, float32_tolerances):
     checkpoint, candidate = pretrained
     languages = compare_languages(checkpoint, candidate, load_clips(speech_clips()))
-    if not checkpoint.model.is_multilingual:
+    if not checkpoint.is_multilingual:
         assert languages is None
         return
     assert all(entry["same_language"] for entry in languages), languages

@@ -118,7 +118,7 @@ def test_modes_parse_and_name_graphs(engine, load_checkpoint):
     with pytest.raises(ValueError):
         WeightsMode.parse("int8")
     checkpoint = load_checkpoint("synthetic:tiny")
-    state = checkpoint.model.state_dict()
+    state = checkpoint.state_dict()
     exact = MaxTextDecoder(checkpoint.dims, state, engine)
     q4 = MaxTextDecoder(checkpoint.dims, state, engine, weights="q4_0")
     # float32 keeps its graph names (and so its compiled cache); a mode names its step graph

@@ -77,7 +77,7 @@ def built(
     candidate: Candidate, checkpoint: Checkpoint, engine: Engine
 ) -> tuple[StageCandidate | BoundaryCandidate | None, list[Finding]]:
     """The candidate bound to the checkpoint, or none and every build failure found."""
-    state_dict = checkpoint.model.state_dict()
+    state_dict = checkpoint.state_dict()
     if candidate.factory is not None:
         try:
             with at_candidate_boundary("construct"):

@@ -29,7 +29,7 @@ def compare_languages(
     progress: Notify = silent,
 ) -> list[dict[str, Any]] | None:
     """One ``language`` entry of parity.json per clip; ``None`` for an English-only model."""
-    if not checkpoint.model.is_multilingual:
+    if not checkpoint.is_multilingual:
         return None
     entries = []
     for path, audio in clips:

@@ -45,7 +45,7 @@ def report_clips(checkpoint: Checkpoint) -> list[Path]:
 def transcription_language(checkpoint: Checkpoint) -> str | None:
     """``None`` (detect it, as a user's run does) for pretrained multilingual Whisper; English
     otherwise: an English-only model has no choice, and random weights detect noise."""
-    multilingual = checkpoint.model.is_multilingual
+    multilingual = checkpoint.is_multilingual
     return None if multilingual and checkpoint.weights == "pretrained" else "en"
 
 

@@ -58,7 +58,7 @@ def checks(
     """
     mel = MaxLogMel(checkpoint.dims.n_mels, engine, variant)
     yield Check(MEL, "mel", (ref.audio,), ref.mel.T, lambda: mel(ref.audio).T)
-    state = checkpoint.model.state_dict()
+    state = checkpoint.state_dict()
     audio_encoder = MaxAudioEncoder(checkpoint.dims, state, engine, variant)
     for stage, x, expected in isolated_inputs(audio_encoder.stages(), ref.encoder, MEL):
         yield Check(

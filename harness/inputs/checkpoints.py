@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import torch
 import whisper
 from whisper.model import ModelDimensions, Whisper
 
@@ -35,18 +37,47 @@ CONVERTER_FORMAT = 1  # bump when ctranslate2_format's conversion changes, to re
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A loaded model and where its weights came from (reports never hide which)."""
+    """A checkpoint file, validated, and where its weights came from (reports never hide which).
+
+    The PyTorch model (``model``) is built only when something uses it, by ``whisper.load_model``
+    as openai-whisper's users build it. The MAX path never does: it reads ``state_dict()`` from
+    the memory-mapped file, which spares a first transcript the model's random initialisation and
+    the copy into it (~0.4-0.9 s of tiny.en's).
+    """
 
     name: str
     weights: str  # "pretrained" | "synthetic" | "fixture"
     path: Path
-    sha256: str
-    model: Whisper
+    dims: ModelDimensions
+    stored: dict[str, torch.Tensor] = field(repr=False)  # the state dict as the file stores it
     source: dict[str, Any] = field(default_factory=dict)  # where converted weights came from
 
+    @cached_property
+    def sha256(self) -> str:
+        return sha256(self.path)
+
+    @cached_property
+    def model(self) -> Whisper:
+        try:
+            model = whisper.load_model(str(self.path), device="cpu")
+        except Exception as error:  # noqa: BLE001 - anything validate missed, said in one line
+            raise HarnessError(f"{self.path}: openai-whisper could not load it: {error}") from None
+        return model.eval()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights in float32, equal to ``model.state_dict()``, without building the model
+        (``validate`` checked that the file holds exactly the model's keys and shapes)."""
+        if "model" in self.__dict__:
+            return self.model.state_dict()
+        return {name: tensor.float() for name, tensor in self.stored.items()}
+
     @property
-    def dims(self) -> ModelDimensions:
-        return self.model.dims
+    def is_multilingual(self) -> bool:
+        return Whisper.is_multilingual.fget(self)  # openai-whisper's rule, read off our dims
+
+    @property
+    def num_languages(self) -> int:
+        return Whisper.num_languages.fget(self)
 
 
 def load(spec: str) -> Checkpoint:
@@ -109,8 +140,7 @@ def _load_ctranslate2(
     if source is None:
         source = {"format": "ctranslate2", "dtype": parsed.dtype, "files": [str(model_bin)]}
         source["sha256"] = digest
-    checkpoint = _load_file(path, name, "pretrained")
-    return Checkpoint(**{**checkpoint.__dict__, "source": source})
+    return replace(_load_file(path, name, "pretrained"), source=source)
 
 
 def _read(path: Path) -> bytes:
@@ -133,9 +163,5 @@ def _download(name: str) -> Path:
 
 
 def _load_file(path: Path, name: str, weights: str) -> Checkpoint:
-    validate(path)
-    try:
-        model = whisper.load_model(str(path), device="cpu")
-    except Exception as error:  # noqa: BLE001 - anything validate missed, said in one line
-        raise HarnessError(f"{path}: openai-whisper could not load it: {error}") from None
-    return Checkpoint(name, weights, path, sha256(path), model.eval())
+    dims, stored = validate(path)
+    return Checkpoint(name, weights, path, dims, stored)

@@ -17,8 +17,9 @@ from whisper.model import ModelDimensions
 from harness.errors import HarnessError
 
 
-def validate(path: Path) -> None:
-    """Fail with one line if ``path`` is not a complete openai-whisper checkpoint."""
+def validate(path: Path) -> tuple[ModelDimensions, dict[str, torch.Tensor]]:
+    """Fail with one line if ``path`` is not a complete openai-whisper checkpoint; else its dims
+    and state dict as stored (memory-mapped: nothing is read until a tensor is used)."""
     if not path.is_file():
         raise HarnessError(f"{path}: checkpoint file not found")
     try:
@@ -46,6 +47,7 @@ def validate(path: Path) -> None:
     if problems:
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
         raise HarnessError(f"{path}: bad checkpoint: {'; '.join(problems[:3])}{more}")
+    return dims, found
 
 
 def expected_shapes(dims: ModelDimensions) -> dict[str, torch.Size]:

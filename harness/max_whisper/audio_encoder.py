@@ -7,7 +7,7 @@ output (chained).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from harness.errors import HarnessError
 from harness.max_whisper import encoder
 from harness.max_whisper.engine import to_numpy
 from harness.max_whisper.graphs import BoundGraphs
-from harness.max_whisper.layers import Scope
+from harness.max_whisper.layers import Declared, Scope
 from harness.max_whisper.weights import registry
 from harness.stages import Stage, encoder_stages
 
@@ -59,11 +59,13 @@ class MaxAudioEncoder(BoundGraphs):
         model = self.model(kind, prefix)
         return to_numpy(model.execute(self.engine.to_device(np.ascontiguousarray(x)))[0])
 
-    def weights(self, kind: str, prefix: str, graph: Graph) -> dict[str, torch.Tensor]:
+    def weights(
+        self, kind: str, prefix: str, declared: Mapping[str, Declared]
+    ) -> dict[str, torch.Tensor]:
         """The fused graph reads every weight under ``prefix``, the blocks' through subgraph
         calls, whose weights are declared once, unprefixed, in the block subgraph."""
         if kind != "encoder":
-            return super().weights(kind, prefix, graph)
+            return super().weights(kind, prefix, declared)
         names = [k.removeprefix(prefix) for k in self.state_dict if k.startswith(prefix)]
         return registry(self.state_dict, prefix, names, self.dtype)
 

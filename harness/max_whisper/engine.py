@@ -8,14 +8,18 @@ Across processes, compiled graphs are kept in a store of MEF files (MAX's compil
 ``CompiledModel.export_mef`` writes one, ``max.engine.read`` reads it back). MAX's own disk cache
 also spares a recompile, but on this CPU ``session.compile`` still spent 1.7–4.8 s per graph on a
 cache hit (four graphs before the first word of a transcript), where reading the MEF back and
-binding its weights took 0.01–0.09 s. A graph's file is named after a hash of its whole MLIR
-module (subgraphs included), MAX's version, the device and the host CPU, so a changed graph, a
-new MAX or another machine never reads a stale artifact; one that fails to read is compiled anew.
+binding its weights took 0.01–0.09 s. A graph's file is named after a hash of MAX's version,
+the device, the host CPU and either the graph's whole MLIR module (subgraphs included) or, for
+the model's own graphs, its recipe: the code of ``max_whisper/`` and the stage table, the
+graph's name, dims and variant (``BoundGraphs.recipe``), which spares building the graph at all.
+A changed graph, a new MAX or another machine never reads a stale artifact; one that fails to
+read is compiled anew. The weights a graph declares are kept beside it (``.json``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import threading
@@ -34,6 +38,7 @@ from max.engine import __version__ as MAX_VERSION
 from max.graph import DeviceRef, Graph
 
 from harness.errors import HarnessError
+from harness.max_whisper.layers import Declared, declared_weights
 from harness.paths import cache_dir
 
 TORCH_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16}
@@ -68,6 +73,7 @@ class Engine:
     compiled: dict[str, CompiledModel] = field(default_factory=dict, init=False)
     compile_seconds: dict[str, float] = field(default_factory=dict, init=False)
     loaded: set[str] = field(default_factory=set, init=False)  # read from the store
+    declared: dict[str, dict[str, Declared]] = field(default_factory=dict, init=False)
     on_compile: Callable[[str], None] | None = None
     on_load: Callable[[str], None] | None = None
     store: Path | None = field(default_factory=compiled_store)
@@ -88,21 +94,34 @@ class Engine:
     def torch_dtype(self) -> torch.dtype:
         return TORCH_DTYPES[self.dtype]
 
-    def compile(self, build: Callable[[], Graph], name: str) -> CompiledModel:
+    def compile(
+        self, build: Callable[[], Graph], name: str, recipe: str | None = None
+    ) -> CompiledModel:
         """Compile the graph ``build()`` returns, once per ``name`` (which encodes its shape),
-        or read it from the store when this very graph was compiled before."""
-        if name not in self.compiled:
-            graph = build()
+        or read it from the store when this very graph was compiled before.
+
+        The store knows a graph by ``recipe`` when the caller gives one: a string naming all the
+        graph is built from (its code, dims, variant), so that a hit builds nothing; building
+        took 0.3-1.3 s a graph here, most of a warm first transcript's load. Without a recipe,
+        by a hash of the graph's MLIR, which means building it first. Either way
+        ``declared[name]`` holds the weights the graph declares.
+        """
+        if name in self.compiled:
+            return self.compiled[name]
+        graph = None if recipe else build()
+        start = time.perf_counter()
+        path = self._store_path(recipe or graph, name)
+        compiled = self._read(path, name) if path else None
+        if compiled is None:
+            graph = graph or build()
             start = time.perf_counter()
-            path = self._store_path(graph, name)
-            compiled = self._read(path, name) if path else None
-            if compiled is None:
-                compiled = self._compile(graph, name)
-                if path:
-                    self._write(compiled, path)
-            self.compiled[name] = compiled
-            self.compile_seconds[name] = time.perf_counter() - start
-        return self.compiled[name]
+            compiled = self._compile(graph, name)
+            self.declared[name] = declared_weights(graph)
+            if path:
+                self._write(compiled, self.declared[name], path)
+        self.compiled[name] = compiled
+        self.compile_seconds[name] = time.perf_counter() - start
+        return compiled
 
     def init(self, compiled: CompiledModel, weights: Mapping[str, torch.Tensor]) -> Model:
         return self.session.init(compiled, weights_registry=dict(weights))
@@ -123,36 +142,44 @@ class Engine:
         finally:
             notice.cancel()
 
-    def _store_path(self, graph: Graph, name: str) -> Path | None:
+    def _store_path(self, key: Graph | str, name: str) -> Path | None:
+        """The graph's file: its name and a hash of ``key`` (a recipe, or the graph's MLIR),
+        MAX's version, the device and the host CPU. Beside it, ``.json``: its weights."""
         if self.store is None:
             return None
         digest = hashlib.sha256()
+        body = str(key.module.mlir_module) if isinstance(key, Graph) else key
         target = accelerator_architecture_name() if self.device == "gpu" else "cpu"
-        for part in (str(graph.module.mlir_module), MAX_VERSION, target, host_cpu()):
+        for part in (body, MAX_VERSION, target, host_cpu()):
             digest.update(part.encode())
             digest.update(b"\0")
         return self.store / f"{name}-{digest.hexdigest()[:20]}.mef"
 
     def _read(self, path: Path, name: str) -> CompiledModel | None:
-        if not path.is_file():
+        if not (path.is_file() and path.with_suffix(".json").is_file()):
             return None
         if self.on_load:
             self.on_load(name)
         try:
+            declared = json.loads(path.with_suffix(".json").read_text())
             compiled = read(path)
-        except RuntimeError:  # truncated or not a MEF: compiled anew and rewritten
+        except (RuntimeError, ValueError):  # truncated, not a MEF, not JSON: compiled anew
             path.unlink(missing_ok=True)
             return None
+        self.declared[name] = {k: Declared.from_json(v) for k, v in declared.items()}
         self.loaded.add(name)
         os.utime(path)  # most recently used
         return compiled
 
-    def _write(self, compiled: CompiledModel, path: Path) -> None:
-        """Export atomically (readers never see half a file); a store that cannot be written
-        only costs the next process MAX's slower cache hit."""
+    def _write(self, compiled: CompiledModel, declared: dict[str, Declared], path: Path) -> None:
+        """Export atomically, the weights first (readers need both, and never see half a
+        file); a store that cannot be written only costs the next process MAX's slower hit."""
+        record = json.dumps({k: v.to_json() for k, v in declared.items()})
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(record)
+            os.replace(tmp, path.with_suffix(".json"))
             compiled.export_mef(tmp)
             os.replace(tmp, path)
             _evict(path.parent, STORE_LIMIT_BYTES)
@@ -168,6 +195,7 @@ def _evict(store: Path, limit: int) -> None:
         total += path.stat().st_size
         if total > limit:
             path.unlink(missing_ok=True)
+            path.with_suffix(".json").unlink(missing_ok=True)
 
 
 @cache

@@ -10,7 +10,11 @@ weights it reads (``weights``).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
+from dataclasses import asdict
+from functools import cache
+from pathlib import Path
 
 import torch
 from max.engine import Model
@@ -18,10 +22,11 @@ from max.graph import Graph
 from whisper.model import ModelDimensions
 
 from harness.max_whisper.engine import Engine
-from harness.max_whisper.layers import check_bound, declared_weights
+from harness.max_whisper.layers import Declared, check_bound
 from harness.max_whisper.quantized import FLOAT32, WeightsMode
 from harness.max_whisper.variant import FAITHFUL, Variant
 from harness.max_whisper.weights import fault_remapped, registry
+from harness.stages import __file__ as STAGES_FILE
 
 
 class BoundGraphs:
@@ -46,12 +51,19 @@ class BoundGraphs:
         """The graph of ``kind``, compiled (once per name), with the weights under ``prefix``."""
         key = f"{kind}:{prefix}"
         if key not in self._models:
-            graph = self.graph(kind)
-            compiled = self.engine.compile(lambda: graph, self.graph_name(kind))
-            weights = self.weights(kind, prefix, graph)
-            check_bound(graph, weights)
+            name = self.graph_name(kind)
+            compiled = self.engine.compile(lambda: self.graph(kind), name, self.recipe(kind))
+            declared = self.engine.declared[name]
+            weights = self.weights(kind, prefix, declared)
+            check_bound(declared, weights, name)
             self._models[key] = self.engine.init(compiled, weights)
         return self._models[key]
+
+    def recipe(self, kind: str) -> str:
+        """All a graph of ``kind`` is built from, which the engine's store knows it by: its
+        name (kind, shape, dtype, weights mode), every dim, every variant field, and the code."""
+        parts = [self.graph_name(kind), asdict(self.dims), asdict(self.variant), source_digest()]
+        return json.dumps(parts, sort_keys=True)
 
     def graph(self, kind: str) -> Graph:
         raise NotImplementedError
@@ -60,9 +72,11 @@ class BoundGraphs:
         """The dims a graph of ``kind`` depends on, as a short tag for its name."""
         raise NotImplementedError
 
-    def weights(self, kind: str, prefix: str, graph: Graph) -> dict[str, torch.Tensor]:
-        """The weights ``graph`` declares, relative to the module at ``prefix``."""
-        return registry(self.state_dict, prefix, declared_weights(graph), self.dtype)
+    def weights(
+        self, kind: str, prefix: str, declared: Mapping[str, Declared]
+    ) -> dict[str, torch.Tensor]:
+        """The weights a graph ``declared``, relative to the module at ``prefix``."""
+        return registry(self.state_dict, prefix, declared, self.dtype)
 
     def graph_name(self, kind: str) -> str:
         dtype = self.engine.dtype.name
@@ -79,3 +93,13 @@ class BoundGraphs:
     @property
     def dtype(self) -> torch.dtype:
         return self.engine.torch_dtype
+
+
+@cache
+def source_digest() -> str:
+    """sha256 of the code every graph is built from: this folder's modules and the stage table.
+    Any change to them gives every graph a new recipe, so the store never serves a stale one."""
+    digest = hashlib.sha256()
+    for path in [*sorted(Path(__file__).parent.glob("*.py")), Path(STAGES_FILE)]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()

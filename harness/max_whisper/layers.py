@@ -25,27 +25,56 @@ from harness.max_whisper.variant import Variant
 _DECLARED: WeakKeyDictionary[Graph, dict[str, Weight]] = WeakKeyDictionary()
 
 
-def declared_weights(graph: Graph) -> list[str]:
-    """The names of the weights declared while ``graph`` was being built (not its subgraphs')."""
-    return list(_DECLARED.get(graph, {}))
+@dataclass(frozen=True)
+class Declared:
+    """A weight as a graph declares it: what the tensor bound to it must be.
+
+    Plain values, so the engine's store can keep them beside a compiled graph (``to_json``) and
+    a later process binds weights without building the graph again.
+    """
+
+    shape: tuple[int, ...]
+    dtype: str  # a DType name
+    encoding: str | None = None  # a quantisation encoding: bytes in the encoding's own shape
+
+    def to_json(self) -> list:
+        return [list(self.shape), self.dtype, self.encoding]
+
+    @classmethod
+    def from_json(cls, value: list) -> Declared:
+        shape, dtype, encoding = value
+        return cls(tuple(shape), dtype, encoding)
 
 
-def check_bound(graph: Graph, weights: Mapping[str, torch.Tensor]) -> None:
-    """Refuse a weight whose shape or dtype is not what ``graph`` declared, naming it.
+def declared_weights(graph: Graph) -> dict[str, Declared]:
+    """The weights declared while ``graph`` was being built (not its subgraphs'), by name."""
+    return {
+        name: Declared(
+            tuple(int(d) for d in weight.shape),
+            weight.dtype.name,
+            None if weight.quantization_encoding is None else weight.quantization_encoding.name,
+        )
+        for name, weight in _DECLARED.get(graph, {}).items()
+    }
+
+
+def check_bound(
+    declared: Mapping[str, Declared], weights: Mapping[str, torch.Tensor], graph_name: str
+) -> None:
+    """Refuse a weight whose shape or dtype is not what graph ``graph_name`` declared, naming it.
 
     MAX 26.7 binds any tensor under a declared name unchecked (a smaller one is read past its
     end), so a layout slip would otherwise surface only as wrong numbers. Quantised weights are
     encoded bytes whose shape is the encoding's, and are left to ``quantized.layout``.
     """
-    for name, weight in _DECLARED.get(graph, {}).items():
-        if weight.quantization_encoding is not None:
+    for name, weight in declared.items():
+        if weight.encoding is not None:
             continue
-        tensor, shape = weights[name], [int(d) for d in weight.shape]
+        tensor = weights[name]
         got = f"{tuple(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}"
-        if list(tensor.shape) != shape or got.split()[-1] != weight.dtype.name:
+        if tuple(tensor.shape) != weight.shape or got.split()[-1] != weight.dtype:
             raise ValueError(
-                f"weight {name!r} is {got}; {graph.name} declares {tuple(shape)} "
-                f"{weight.dtype.name}"
+                f"weight {name!r} is {got}; {graph_name} declares {weight.shape} {weight.dtype}"
             )
 
 

@@ -26,6 +26,7 @@ the model the mel feeds.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -37,6 +38,7 @@ from whisper.audio import HOP_LENGTH, N_FFT, mel_filters
 
 from harness.errors import HarnessError
 from harness.max_whisper.engine import Engine, to_numpy
+from harness.max_whisper.graphs import source_digest
 from harness.max_whisper.variant import FAITHFUL, Variant
 
 N_BINS = N_FFT // 2 + 1  # rfft bins, DC to Nyquist
@@ -124,7 +126,8 @@ class MaxLogMel:
     @property
     def model(self) -> Model:
         if self._model is None:
-            compiled = self.engine.compile(self._graph, self.graph_name)
+            recipe = json.dumps([self.graph_name, source_digest()])
+            compiled = self.engine.compile(self._graph, self.graph_name, recipe)
             filters = mel_filters("cpu", self.n_mels).T.contiguous()
             weights = {"dft_basis": torch.from_numpy(dft_basis()), "mel_filters": filters}
             self._model = self.engine.init(compiled, weights)

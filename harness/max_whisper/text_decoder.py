@@ -16,7 +16,7 @@ under a mode come from ``logits`` fed the whole sequence (the step takes n token
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -28,7 +28,7 @@ from max.graph import BufferType, DeviceRef, Graph, TensorType, Value, ops
 from harness.max_whisper import decoder
 from harness.max_whisper.engine import to_numpy
 from harness.max_whisper.graphs import BoundGraphs
-from harness.max_whisper.layers import Scope, declared_weights
+from harness.max_whisper.layers import Declared, Scope
 from harness.max_whisper.weights import registry
 from harness.stages import Stage, decoder_stages
 
@@ -153,10 +153,11 @@ class MaxTextDecoder(BoundGraphs):
 
     # -- graphs ---------------------------------------------------------------------------------
 
-    def weights(self, kind: str, prefix: str, graph: Graph) -> dict[str, torch.Tensor]:
-        """The registry for ``graph``, relative to ``prefix``, in the step's layout for it."""
-        names = declared_weights(graph)
-        return registry(self.state_dict, prefix, names, self.dtype, kind in FEW_ROWS)
+    def weights(
+        self, kind: str, prefix: str, declared: Mapping[str, Declared]
+    ) -> dict[str, torch.Tensor]:
+        """The registry for a graph of ``kind``, relative to ``prefix``, in the step's layout."""
+        return registry(self.state_dict, prefix, declared, self.dtype, kind in FEW_ROWS)
 
     def shape(self, kind: str) -> str:
         d = self.dims

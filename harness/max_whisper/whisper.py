@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 import whisper
 from whisper.decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
+from whisper.model import ModelDimensions
 
 from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
@@ -49,14 +51,13 @@ class MaxWhisper:
     ) -> None:
         """``weights``: how the decoding step stores its matrices (``quantized.WeightsMode``
         spec: ``float32``, ``q4_0``, ``float16:logits``, ...); every other graph is float32."""
-        self.reference = checkpoint.model  # for DecodingTask's set-up only; never run
         self.weights = weights
         self.engine = engine
         self.dims = checkpoint.dims
         self.device = torch.device("cpu")  # where decoding keeps its token tensors
-        self.is_multilingual = checkpoint.model.is_multilingual
-        self.num_languages = checkpoint.model.num_languages
-        state = checkpoint.model.state_dict()
+        self.is_multilingual = checkpoint.is_multilingual
+        self.num_languages = checkpoint.num_languages
+        state = checkpoint.state_dict()
         self.log_mel = MaxLogMel(self.dims.n_mels, engine, variant)
         self.audio_encoder = MaxAudioEncoder(self.dims, state, engine, variant)
         self.text_decoder = MaxTextDecoder(self.dims, state, engine, variant, weights)
@@ -116,16 +117,25 @@ def glue_threads() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-class MaxDecodingTask(DecodingTask):
-    """openai-whisper's ``DecodingTask`` whose inference, encoder and language id are MAX's.
+@dataclass(frozen=True)
+class SetUpModel:
+    """What ``DecodingTask.__init__`` reads of a model: dims, languages, and the decoder's blocks
+    for the ``PyTorchInference`` it builds (none here: ``MaxDecodingTask`` replaces it before
+    anything runs). No PyTorch model is built on the MAX path."""
 
-    ``DecodingTask.__init__`` builds a ``PyTorchInference`` from the model's decoder modules; it
-    is built from the reference model (construction only reads module references) and replaced
-    before anything runs, so no PyTorch forward pass ever happens on this path.
-    """
+    dims: ModelDimensions
+    is_multilingual: bool
+    num_languages: int
+    decoder: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(blocks=()))
+
+
+class MaxDecodingTask(DecodingTask):
+    """openai-whisper's ``DecodingTask`` whose inference, encoder and language id are MAX's."""
 
     def __init__(self, model: MaxWhisper, options: DecodingOptions) -> None:
-        super().__init__(model.reference, options)
+        super().__init__(
+            SetUpModel(model.dims, model.is_multilingual, model.num_languages), options
+        )
         self.model = model
         self.inference = MaxInference(model.text_decoder)
         if options.beam_size is not None:

@@ -80,7 +80,7 @@ def _write_folder(checkpoint: Checkpoint, folder: Path) -> None:
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    state = checkpoint.model.state_dict()
+    state = checkpoint.state_dict()
     spec = ctranslate2_format.from_whisper_checkpoint(state, asdict(checkpoint.dims))
     ctranslate2_format.write(staging / "model.bin", spec["variables"], spec["aliases"])
     side = pretrained.PACKAGED[donor].parts[-1].path().parent
@@ -191,7 +191,9 @@ class CTranslate2Whisper:
         segments = list(segments)
         text = "".join(s.text for s in segments)
         tokens = [t for s in segments for t in s.tokens]
-        as_dicts = [{"start": s.start, "end": s.end, "text": s.text} for s in segments]
+        as_dicts = [
+            {"seek": s.seek, "start": s.start, "end": s.end, "text": s.text} for s in segments
+        ]
         return Transcript(text, tokens, info.language, as_dicts)
 
 
@@ -232,7 +234,7 @@ def peers(checkpoint: Checkpoint, threads: int) -> list[CTranslate2Whisper]:
     """CTranslate2 at each compute type on ``checkpoint``'s weights."""
     folder = model_folder(checkpoint)
     eot = whisper.tokenizer.get_tokenizer(
-        checkpoint.model.is_multilingual, num_languages=checkpoint.model.num_languages
+        checkpoint.is_multilingual, num_languages=checkpoint.num_languages
     ).eot
     return [CTranslate2Whisper(folder, kind, threads, eot) for kind in COMPUTE_TYPES]
 

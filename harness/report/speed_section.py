@@ -40,6 +40,16 @@ def speed_section(speed: dict[str, Any] | None) -> Section | None:
             f"End to end: {clip['name']} ({clip['seconds']} s), audio file to text "
             "(openai-whisper's transcribe; faster-whisper's for CTranslate2)."
         )
+    if work := speed.get("end_to_end_work"):
+        done = "; ".join(
+            f"{engines.get(e, e)} {w['windows']} window{'s' * (w['windows'] != 1)}, "
+            f"{w['tokens']} tokens"
+            for e, w in work.items()
+        )
+        bullets.append(
+            f"End-to-end work (30 s windows encoded, tokens kept): {done}. Where an engine's last "
+            "segment of a window ends decides whether the tail takes a window of its own."
+        )
     if clip := speed.get("first_transcript_clip"):
         bullets.append(
             f"Time to first transcript: {clip['name']} ({clip['seconds']:.1f} s), a new process "

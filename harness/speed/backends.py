@@ -23,7 +23,7 @@ from harness.compare.decoder_parity import tokenizer
 from harness.inputs.audio import load_audio
 from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.inference import MaxInference
-from harness.max_whisper.whisper import MaxWhisper, transcribe
+from harness.max_whisper.whisper import MaxWhisper, Transcript, transcribe
 from harness.peers.ctranslate2 import CTranslate2Whisper
 
 
@@ -35,7 +35,7 @@ class Backend:
     label: str
     encode: Callable[[torch.Tensor], Any]  # (1, n_mels, 3000) mel
     decode_seconds: Callable[[torch.Tensor, torch.Tensor, int], float]  # prompt, features, n
-    transcribe: Callable[[Path], Any]
+    transcribe: Callable[[Path], Transcript]
 
 
 def torch_backend(reference: TorchWhisper) -> Backend:
@@ -106,9 +106,9 @@ class TorchWhisper:
                 inference, prompt.to(self.device), features.to(self.device), tokens
             )
 
-    def transcribe(self, clip: Path) -> None:
+    def transcribe(self, clip: Path) -> Transcript:
         with self.running():
-            transcribe(self.model, load_audio(clip))
+            return transcribe(self.model, load_audio(clip))
 
 
 def transcription_prompt(checkpoint: Checkpoint) -> torch.Tensor:

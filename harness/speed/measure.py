@@ -45,7 +45,7 @@ from harness.inputs.audio import audio_duration_s, load_audio
 from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
 from harness.max_whisper.engine import DTYPES, Engine
-from harness.max_whisper.whisper import MaxWhisper
+from harness.max_whisper.whisper import MaxWhisper, Transcript
 from harness.paths import FIXTURES
 from harness.peers import ctranslate2 as ctranslate2_peer
 from harness.peers.ctranslate2 import CTranslate2Whisper
@@ -131,8 +131,12 @@ def _execution(
     )
     progress(f"speed: transcribing {plan.clip.name}")
     duration = len(audio) / whisper.audio.SAMPLE_RATE
+    work = {b.name: transcript_work(b.transcribe(plan.clip)) for b in backends}  # the warm-up
     end_to_end = side_by_side(
-        {b.name: partial(b.transcribe, plan.clip) for b in backends}, plan.runs, 1 / duration
+        {b.name: partial(b.transcribe, plan.clip) for b in backends},
+        plan.runs,
+        1 / duration,
+        warm=False,
     )
     return {
         "encoder_ms": encoder,
@@ -140,7 +144,16 @@ def _execution(
         "decode_tokens": plan.tokens,
         "end_to_end_rtf": end_to_end,
         "end_to_end_clip": {"name": plan.clip.name, "seconds": round(duration, 3)},
+        "end_to_end_work": work,
     }
+
+
+def transcript_work(transcript: Transcript) -> dict[str, int]:
+    """How much each engine's windowing did: 30 s windows encoded (one per distinct seek) and
+    tokens kept. openai-whisper and faster-whisper seek alike, but where a window's last segment
+    ends decides whether the tail is a window of its own, so engines can differ in work."""
+    windows = len({segment["seek"] for segment in transcript.segments})
+    return {"windows": windows, "tokens": len(transcript.tokens)}
 
 
 def _first_transcripts(
@@ -185,12 +198,14 @@ def side_by_side(
     runs: int,
     scale: float = 1.0,
     timed_inside: bool = False,
+    warm: bool = True,
 ) -> dict[str, Any]:
-    """Medians and runs of every backend, in turns, after one untimed call of each.
+    """Medians and runs of every backend, in turns, after one untimed call of each (``warm``;
+    False when the caller has made that call).
 
     ``timed_inside``: the callables return their own time (seconds), e.g. per token.
     """
-    for function in backends.values():
+    for function in backends.values() if warm else ():
         function()
     times: dict[str, list[float]] = {name: [] for name in backends}
     for _ in range(runs):
@@ -245,8 +260,9 @@ def cold_compile_seconds(checkpoint: Checkpoint, engine: Engine) -> float:
 
 
 def load_seconds(checkpoint: Checkpoint) -> float:
+    """openai-whisper's model built from the file anew, as ``whisper.load_model`` builds it."""
     start = time.perf_counter()
-    checkpoints.load(str(checkpoint.path))
+    _ = checkpoints.load(str(checkpoint.path)).model
     return time.perf_counter() - start
 
 
@@ -258,9 +274,9 @@ def peer_load_seconds(peer: CTranslate2Whisper) -> float:
 
 
 def candidate_load_seconds(checkpoint: Checkpoint, engine: Engine) -> float:
-    """A new MAX model binding the checkpoint's weights to the graphs ``engine`` has compiled."""
+    """A new MAX model binding the file's weights anew to the graphs ``engine`` has compiled."""
     start = time.perf_counter()
-    MaxWhisper(checkpoint, engine).load()
+    MaxWhisper(checkpoints.load(str(checkpoint.path)), engine).load()
     return time.perf_counter() - start
 
 
