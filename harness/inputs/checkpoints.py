@@ -131,9 +131,11 @@ def _load_ctranslate2(
     """A CTranslate2 ``model.bin`` converted once to openai-whisper's format in the cache (keyed
     by its hash), then loaded like any checkpoint."""
     data = _read(model_bin) if data is None else data
-    parsed = ctranslate2_format.read(model_bin, data)  # views into ``data``: cheap
-    digest = hashlib.sha256(data).hexdigest()
+    # a package's hash was checked against its pin just now; a folder's is computed here
+    digest = hashlib.sha256(data).hexdigest() if source is None else source["sha256"]
     path = cache_dir() / "max-whisper" / f"ctranslate2-{digest[:16]}-v{CONVERTER_FORMAT}.pt"
+    if not path.is_file() or source is None:
+        parsed = ctranslate2_format.read(model_bin, data)  # views into ``data``: cheap
     if not path.is_file():
         converted = ctranslate2_format.to_whisper_checkpoint(parsed)
         write_checkpoint(path, converted["dims"], converted["model_state_dict"])
