@@ -1,4 +1,4 @@
-"""Command line: ``report``, ``transcribe``, ``gate``, ``faults``.
+"""Command line: ``report``, ``transcribe``, ``gate``, ``faults``, ``repro``.
 
 User mistakes (bad checkpoint, bad audio, bad arguments) print one ``error:`` line and exit 2;
 anything else is a bug in the harness and keeps its traceback.
@@ -46,6 +46,7 @@ def _lazy(name: str) -> ModuleType:
 
 
 faults = _lazy("harness.faults.cli")
+repro = _lazy("harness.repro.cli")
 report = _lazy("harness.report.build")
 
 # MAX's fastest decoding weights mode whose drift from PyTorch is within CTranslate2 int8's on
@@ -114,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_transcribe(commands)
     gate.add_parser(commands)
     faults.add_parser(commands)
+    repro.add_parser(commands)
     return parser
 
 
