@@ -52,6 +52,19 @@ class Case:
     reported_error: str | None = None  # or why MAX refused the harness's graph
     notes: list[str] = field(default_factory=list)
 
+    def fails(self) -> bool:
+        """Whether the harness's own run broke a limit (NaN breaks all) or MAX refused it."""
+        if self.reported is None:
+            return self.reported_error is not None
+        return any(
+            not (
+                self.reported[metric] >= bound
+                if better == "min"
+                else self.reported[metric] <= bound
+            )
+            for metric, (bound, better) in self.limits.items()
+        )
+
     def input_types(self) -> dict[str, tuple[str, list[int | str]]]:
         """Each input's dtype and shape, symbolic axes named, as ``INPUTS`` in the script."""
         types = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -14,9 +13,7 @@ from harness.inputs import checkpoints
 from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.progress import Progress
-from harness.repro import folder
-from harness.repro.case import stage_case
-from harness.repro.folder import Provenance
+from harness.repro.handover import hand_over
 from harness.stages import MEL, all_stages
 
 FAULTS = (CONTROL, *CATALOGUE, *MAX_BUGS)
@@ -35,6 +32,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "default: none, the faithful port",
     )
     parser.add_argument("--out", type=Path, required=True, help="the folder to write (replaced)")
+    parser.add_argument(
+        "--no-minimise",
+        dest="minimise",
+        action="store_false",
+        help="skip shrinking a failing block to its smallest failing piece (minimal/)",
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -49,16 +52,16 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine("cpu", DTYPES["float32"], on_compile=printer.compiling)
     printer("PyTorch reference: log-mel, encoder, teacher-forced decoder")
     ref = trace_reference(checkpoint)
-    title = f"stage {args.stage} of {args.model}" + (
-        f" with the planted fault {fault.name}" if fault is not CONTROL else ""
+    done = hand_over(
+        checkpoint, engine, fault, ref, args.stage, args.out, command(args), printer, args.minimise
     )
-    printer(f"{args.stage}: the harness's own run")
-    case = stage_case(checkpoint, engine, fault.variant, ref, args.stage, title)
-    printer(f"{args.stage}: writing {args.out}/ and running its repro.py")
-    outcome = folder.write(case, provenance(args, checkpoint, fault), args.out)
     printer.done()
-    print(outcome.output.rstrip())
-    print(f"wrote {args.out}/ (repro.py exits {outcome.returncode})", file=sys.stderr)
+    print(done.stage.output.rstrip())
+    print(f"wrote {args.out}/ (repro.py exits {done.stage.returncode})")
+    if done.minimal:
+        print(f"smallest failing piece: {done.minimal.describe()}")
+        print(done.minimal_outcome.output.rstrip())
+        print(f"wrote {args.out}/minimal/ (repro.py exits {done.minimal_outcome.returncode})")
     return 0
 
 
@@ -84,15 +87,8 @@ def check_stage(checkpoint: Checkpoint, stage: str) -> None:
         raise HarnessError(f"unknown stage {stage!r}; this checkpoint has: {', '.join(names)}")
 
 
-def provenance(args: argparse.Namespace, checkpoint: Checkpoint, fault: Fault) -> Provenance:
-    planted = f" --fault {fault.name}" if fault is not CONTROL else ""
-    command = f"python -m harness repro --model {args.model} --stage {args.stage}{planted}"
-    command += f" --out {args.out}"
-    return Provenance(
-        command=command,
-        model=checkpoint.name,
-        weights=checkpoint.weights,
-        sha256=checkpoint.sha256,
-        fault=None if fault is CONTROL else fault.name,
-        fault_description=None if fault is CONTROL else fault.description,
-    )
+def command(args: argparse.Namespace) -> str:
+    """The command line that makes this folder, for its header."""
+    planted = f" --fault {args.fault}" if args.fault != CONTROL.name else ""
+    stage = f"--model {args.model} --stage {args.stage}{planted}"
+    return f"python -m harness repro {stage} --out {args.out}"

@@ -108,7 +108,7 @@ def render(kind: str, header: str, values: dict[str, Any], variant: Variant) -> 
         "DEVICE = DeviceRef.CPU()\n" + "\n".join(constant_lines(kind, values, variant)) + "\n",
         *body,
         sections("stages")[kind],
-        (TEMPLATES / "main.py.tmpl").read_text(),
+        *sections("main").values(),
     ]
     return "\n\n".join(part.rstrip("\n") + "\n" for part in parts)
 

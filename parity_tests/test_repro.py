@@ -1,0 +1,205 @@
+"""``python -m harness repro``: every detected planted fault handed over as a folder whose
+repro.py, run with only max and numpy importable, fails with the metrics ``faults`` reports for
+that stage; the faithful port's passes; the fused-attention mask bug of MAX 26.7 stays reproduced.
+
+Each repro graph is a cold compile the first time (about a minute here), a hit in MAX's cache
+after; the harness's own stage graphs are the ones ``test_faults.py`` compiles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import cli
+from harness.compare.metrics import compare
+from harness.faults.catalogue import CATALOGUE, CONTROL, MAX_BUGS
+from harness.faults.findings import run_faults
+from harness.faults.reference_trace import trace_reference
+from harness.paths import FIXTURES
+from harness.repro import folder, script
+from harness.repro.handover import hand_over
+from harness.repro.minimise import smallest
+
+MODEL = "synthetic:tiny"
+DETECTED = [f for f in (*CATALOGUE, *MAX_BUGS) if f.expected_stage]
+FAITHFUL_STAGES = ("mel", "conv1", "conv2", "blocks.0", "ln_post", "decoder.blocks.0")
+FUSED_REPRO = FIXTURES / "repro" / "fused_masked_attention"
+slow = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def checkpoint(load_checkpoint):
+    return load_checkpoint(MODEL)
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    return trace_reference(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def reported(checkpoint, engine) -> dict[str, dict]:
+    """What ``python -m harness faults`` reports for each detected fault."""
+    return {r["name"]: r for r in run_faults(checkpoint, engine, DETECTED)}
+
+
+def standalone(out: Path) -> folder.Outcome:
+    """Run ``out/repro.py`` as a user would, with harness, torch and whisper unimportable."""
+    return folder.run(out / "repro.py")
+
+
+def printed_metrics(output: str) -> dict[str, float]:
+    line = next(line for line in output.splitlines() if line.startswith("metrics "))
+    return json.loads(line.removeprefix("metrics "))
+
+
+def test_standalone_run_cannot_import_the_project(tmp_path):
+    probe = tmp_path / "repro.py"
+    probe.write_text("import numpy, max.graph\nimport harness\n")
+    outcome = standalone(tmp_path)
+    assert outcome.returncode == 1
+    assert "harness: a repro may import only max and numpy" in outcome.output
+
+
+def test_script_metrics_are_the_harness_metrics():
+    """repro.py's own metrics (main.py.tmpl) against compare(), edge cases included."""
+    namespace = {"np": np, "math": math}
+    exec(script.sections("main")["metrics"], namespace)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1, 7, 5)).astype(np.float32)
+    b = a + 1e-3 * rng.standard_normal(a.shape).astype(np.float32)
+    b[0, 2] = a[0, 2]  # an identical row
+    zeros = np.zeros_like(a)
+    for candidate, expected in ((b, a), (a, a), (zeros, zeros), (a, zeros)):
+        assert namespace["metrics"](candidate, expected) == compare(candidate, expected)
+
+
+def test_planted_constants_say_whisper_value():
+    from harness.max_whisper.variant import Variant
+
+    values = script.variant_constants(Variant(layer_norm_eps=1e-6)) | {"PREFIX": "encoder."}
+    values |= dict.fromkeys(script.COMMON, 0)
+    lines = script.constant_lines("ln_post", values, Variant(layer_norm_eps=1e-6))
+    assert "LAYER_NORM_EPS = 1e-06  # planted fault; whisper: 1e-05" in lines
+    assert "LN_POST = True" in lines
+
+
+def test_smallest_halves_heads_then_frames():
+    tried = []
+
+    def fails(sizes):
+        tried.append(sizes)
+        return sizes["head"] >= 2 and sizes["ctx"] >= 3
+
+    assert smallest(fails, {"head": 6, "ctx": 77}) == {"head": 3, "ctx": 4}
+    assert tried[0] == {"head": 3, "ctx": 77}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--stage", "blocks.9"], "unknown stage 'blocks.9'"),
+        (["--stage", "conv1", "--fault", "nope"], "unknown fault 'nope'"),
+        (["--stage", "conv1", "--model", "synthetic:nope"], "unknown model 'nope'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert cli.main(["repro", "--model", MODEL, *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_out_is_refused(tmp_path, capsys):
+    out = tmp_path / "missing" / "out"
+    assert cli.main(["repro", "--model", MODEL, "--stage", "conv1", "--out", str(out)]) == 2
+    assert "not a writable folder" in capsys.readouterr().err
+
+
+def hand_over_stage(checkpoint, engine, reference, fault, stage, out, shrink=False):
+    return hand_over(checkpoint, engine, fault, reference, stage, out, "test", shrink=shrink)
+
+
+@slow
+@pytest.mark.parametrize("fault", DETECTED, ids=lambda f: f.name)
+def test_fault_repro_fails_with_the_reported_metrics(
+    checkpoint, engine, reference, reported, fault, tmp_path
+):
+    result = reported[fault.name]
+    out = tmp_path / fault.name
+    hand_over_stage(checkpoint, engine, reference, fault, result["localized_stage"], out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "expected.npz",
+        "input.npz",
+        "repro.py",
+        "weights.npz",
+    ]
+    outcome = standalone(out)
+    assert outcome.returncode == 1, outcome.output
+    if result["metrics"] is None:  # MAX refused the harness's graph: the repro's is refused too
+        assert result["reason"].split(":")[0] in outcome.output, outcome.output
+        return
+    measured = printed_metrics(outcome.output)
+    for metric, value in result["metrics"].items():
+        assert measured[metric] == pytest.approx(value, rel=1e-3, abs=1e-9), metric
+    assert "FAIL:" in outcome.output
+
+
+@slow
+@pytest.mark.parametrize("stage", FAITHFUL_STAGES)
+def test_faithful_repro_passes(checkpoint, engine, reference, stage, tmp_path):
+    done = hand_over_stage(checkpoint, engine, reference, CONTROL, stage, tmp_path / "faithful")
+    assert done.stage.returncode == 0, done.stage.output
+    outcome = standalone(tmp_path / "faithful")
+    assert outcome.returncode == 0 and "PASS: within tolerance" in outcome.output, outcome.output
+
+
+@slow
+def test_fused_attention_bug_minimises_to_one_head_two_tokens(
+    checkpoint, engine, reference, tmp_path
+):
+    (bug,) = MAX_BUGS
+    done = hand_over_stage(
+        checkpoint, engine, reference, bug, "decoder.blocks.0", tmp_path / "fused", shrink=True
+    )
+    assert done.minimal is not None and done.minimal.piece == "attention core"
+    assert done.minimal.sizes == {"head": 1, "ctx": 2}
+    outcome = standalone(tmp_path / "fused" / "minimal")
+    assert outcome.returncode == 1, outcome.output
+    assert (tmp_path / "fused" / "minimal" / "input.npz").stat().st_size < 10_000
+
+
+@slow
+def test_fused_attention_mask_is_still_dropped_by_this_max(tmp_path):
+    """MAX 26.7 fuses softmax((q kᵀ + mask) · scale) v and drops an in-graph causal mask. When
+    this fails, MAX has fixed it: the decoder's masked attention (layers.attention_float32) may
+    go back to the fused form; regenerate the fixture with its README's command."""
+    shutil.copytree(FUSED_REPRO, tmp_path / "repro")
+    outcome = standalone(tmp_path / "repro")
+    assert outcome.returncode == 1, outcome.output
+    measured = printed_metrics(outcome.output)
+    assert measured["rel_l2"] > 1e-2  # a dropped mask, not round-off
+
+
+def test_fused_attention_fixture_is_short():
+    lines = (FUSED_REPRO / "repro.py").read_text().splitlines()
+    assert len(lines) <= 80
+
+
+def test_cli_runs_python_dash_m(tmp_path):
+    """``python -m harness repro`` is wired into the command line (its help, no compile)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "harness", "repro", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and re.search(r"--stage", done.stdout)
