@@ -47,6 +47,7 @@ def _lazy(name: str) -> ModuleType:
 
 faults = _lazy("harness.faults.cli")
 repro = _lazy("harness.repro.cli")
+repro_report = _lazy("harness.repro.report_hook")
 report = _lazy("harness.report.build")
 
 # MAX's fastest decoding weights mode whose drift from PyTorch is within CTranslate2 int8's on
@@ -179,7 +180,9 @@ def _report(args: argparse.Namespace) -> int:
         peers=args.peers,
         weights=weights,
     )
+    repro_report.mark(document)  # a failing report hands its first divergent stage over
     report.write(document, out)
+    repro_report.write(checkpoint, document, out, progress)
     progress.done()
     verdict = "PASS" if document["verdict"]["pass"] else "FAIL"
     print(f"{verdict}: wrote {out}/ (report.md, report.html, parity.json, summary.csv, plots)")

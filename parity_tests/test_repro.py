@@ -21,11 +21,13 @@ import pytest
 
 from harness import cli
 from harness.compare.metrics import compare
+from harness.compare.verdict import verdict
 from harness.faults.catalogue import CATALOGUE, CONTROL, MAX_BUGS
 from harness.faults.findings import run_faults
 from harness.faults.reference_trace import trace_reference
 from harness.paths import FIXTURES
-from harness.repro import folder, script
+from harness.report.markdown import markdown
+from harness.repro import folder, report_hook, script
 from harness.repro.handover import hand_over
 from harness.repro.minimise import smallest
 
@@ -203,3 +205,31 @@ def test_cli_runs_python_dash_m(tmp_path):
         [sys.executable, "-m", "harness", "repro", "--help"], capture_output=True, text=True
     )
     assert done.returncode == 0 and re.search(r"--stage", done.stdout)
+
+
+def failing_document() -> dict:
+    document = json.loads((FIXTURES / "sample_parity.json").read_text())
+    document["encoder"]["stages"][-1]["isolated"]["rel_l2"] = 3e-3
+    document["encoder"]["first_divergent_stage"] = "ln_post"
+    document["verdict"] = verdict(document)
+    return document
+
+
+def test_a_failing_report_links_the_repro_of_its_first_divergent_stage():
+    document = failing_document()
+    report_hook.mark(document)
+    assert document["repro"] == {"stage": "ln_post", "folder": "repro"}
+    assert "[repro/README.md](repro/README.md)" in markdown(document)
+    passing = json.loads((FIXTURES / "sample_parity.json").read_text())
+    passing["verdict"] = verdict(passing)
+    report_hook.mark(passing)
+    assert "repro" not in passing and "repro/README.md" not in markdown(passing)
+
+
+@slow
+def test_report_hook_writes_the_stage_from_the_report_inputs(checkpoint, tmp_path):
+    document = failing_document() | {"device": "cpu", "dtype": "float32"}
+    report_hook.mark(document)
+    done = report_hook.write(checkpoint, document, tmp_path)
+    assert (tmp_path / "repro" / "repro.py").is_file()
+    assert done.stage.returncode == 0, done.stage.output  # synthetic:tiny's ln_post is faithful

@@ -10,10 +10,12 @@ written out where the harness is not there to supply it.
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from dataclasses import fields
 from functools import cache
 from pathlib import Path
+from string import Template
 from types import ModuleType
 from typing import Any
 
@@ -27,6 +29,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from string import Template
 
 import numpy as np
 from max.driver import CPU
@@ -77,7 +80,8 @@ def sections(template: str) -> dict[str, str]:
     """A template file's ``# %% name`` sections, by name."""
     text = (TEMPLATES / f"{template}.py.tmpl").read_text()
     parts = re.split(r"^# %% (\w+)\n", text, flags=re.MULTILINE)
-    return {name: body.strip() + "\n" for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    bodies = (body.strip("\n") + "\n" for body in parts[2::2])  # indentation kept
+    return dict(zip(parts[1::2], bodies, strict=True))
 
 
 def variant_constants(variant: Variant) -> dict[str, Any]:
@@ -100,6 +104,8 @@ def constant_lines(kind: str, values: dict[str, Any], variant: Variant) -> list[
 
 def render(kind: str, header: str, values: dict[str, Any], variant: Variant) -> str:
     """The whole script: docstring ``header``, imports, constants, helpers, ``stage``, main."""
+    if kind == "sub_core":
+        return render_core(header, values, variant)
     helpers = sections("helpers")
     body = [helpers["weight"], *(helpers[name] for name in KINDS[kind][0])]
     parts = [
@@ -111,6 +117,30 @@ def render(kind: str, header: str, values: dict[str, Any], variant: Variant) -> 
         *sections("main").values(),
     ]
     return "\n\n".join(part.rstrip("\n") + "\n" for part in parts)
+
+
+def render_core(header: str, values: dict[str, Any], variant: Variant) -> str:
+    """The attention core alone (no weights): a script of a few dozen lines, its softmax in the
+    one form the variant builds (``core.py.tmpl``; ``helpers`` ``core`` has every form)."""
+    parts = sections("core")
+    masked, fused = values["MASKED"], variant.fused_masked_attention
+    body = ("fused" if fused else "spelled") if masked else "plain"
+    if not masked and variant.softmax_over_queries:
+        body = "over_queries"
+    head_dim = values["INPUTS"]["q"][1][-1]
+    constants = {
+        "SCALE": 1.0 / math.pow(head_dim, variant.attention_scale_power),
+        "AXIS": -2 if variant.softmax_over_queries else -1,
+        "CAUSAL_MASK": variant.causal_mask,
+        "LIMIT": values["LIMITS"]["rel_l2"][0],
+    } | {name: values[name] for name in ("GRAPH_NAME", "NPZ", "INPUTS")}
+    lines = [f"{name} = {value!r}" for name, value in constants.items()]
+    script = Template(parts["script"]).substitute(
+        constants="\n".join(lines), attention=parts[body].rstrip("\n")
+    )
+    mask = "\n\n" + parts["mask"] if masked else ""
+    before, after = script.split("\n\ndef build()", 1)
+    return f'"""{header.strip()}\n"""\n\n{before}{mask}\n\ndef build(){after}'
 
 
 def load_script(path: Path) -> ModuleType:
@@ -125,4 +155,4 @@ def load_script(path: Path) -> ModuleType:
 def declared_weights(module: ModuleType) -> list[str]:
     """The names of the weights the script's graph declares (openai-whisper's names)."""
     module.build()
-    return list(module.DECLARED)
+    return list(getattr(module, "DECLARED", {}))  # the attention core declares none
