@@ -95,15 +95,15 @@ def test_planted_constants_say_whisper_value():
     assert "LN_POST = True" in lines
 
 
-def test_smallest_halves_heads_then_frames():
+def test_smallest_halves_heads_then_frames_then_steps_down():
     tried = []
 
     def fails(sizes):
         tried.append(sizes)
-        return sizes["head"] >= 2 and sizes["ctx"] >= 3
+        return sizes["head"] >= 2 and sizes["ctx"] >= 2
 
-    assert smallest(fails, {"head": 6, "ctx": 77}) == {"head": 3, "ctx": 4}
-    assert tried[0] == {"head": 3, "ctx": 77}
+    assert smallest(fails, {"head": 6, "ctx": 77}) == {"head": 2, "ctx": 2}
+    assert tried[:3] == [{"head": 3, "ctx": 77}, {"head": 1, "ctx": 77}, {"head": 2, "ctx": 77}]
 
 
 @pytest.mark.parametrize(

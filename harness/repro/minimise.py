@@ -135,6 +135,7 @@ def module_call(sub_stage: str, masked: bool) -> Call:
     return call
 
 
+AXES = {"head": "heads", "ctx": "positions"}  # frames (encoder) or tokens (decoder)
 SUB_KINDS = {"mlp": "sub_mlp", "attn": "sub_attn", "cross_attn": "sub_cross_attn"}
 
 
@@ -194,14 +195,19 @@ class Judge:
         self._folder.cleanup()
 
 
+STEPS_DOWN = 8  # after halving stops, sizes tried one smaller (each a run, not a compile)
+
+
 def smallest(fails: Callable[[dict[str, int]], bool], sizes: dict[str, int]) -> dict[str, int]:
-    """Halve heads, then frames, while the piece still fails; the last sizes that failed."""
+    """Halve heads, then frames, while the piece still fails, then step each down by one a few
+    times (a causal mask needs 2 tokens, halving 7 gives 3); the last sizes that failed."""
     for axis in ("head", "ctx"):
-        while axis in sizes and sizes[axis] > 1:
-            trial = sizes | {axis: sizes[axis] // 2}
-            if not fails(trial):
-                break
-            sizes = trial
+        for smaller, tries in ((lambda n: n // 2, None), (lambda n: n - 1, STEPS_DOWN)):
+            while axis in sizes and sizes[axis] > 1 and tries != 0:
+                trial = sizes | {axis: smaller(sizes[axis])}
+                if not fails(trial):
+                    break
+                sizes, tries = trial, None if tries is None else tries - 1
     return sizes
 
 
@@ -217,7 +223,7 @@ class Minimal:
 
     def describe(self) -> str:
         shapes = ", ".join(f"{n} {tuple(a.shape)}" for n, a in self.case.inputs.items())
-        cut = ", ".join(f"{self.sizes[a]} of {self.full[a]} {a}s" for a in self.full)
+        cut = ", ".join(f"{self.sizes[a]} of {self.full[a]} {AXES[a]}" for a in self.full)
         return f"{self.piece} of sub-stage {self.sub_stage}: {shapes} ({cut}, batch 1)"
 
 
