@@ -147,17 +147,18 @@ def readme(case: Case, provenance: Provenance, outcome: Outcome) -> str:
     """One paragraph for a MAX engineer, then how this folder was made and what it printed."""
     shapes = ", ".join(f"{n} {tuple(a.shape)}" for n, a in case.inputs.items())
     compiled = outcome.compile_seconds
+    compile_time = f" ({compiled:.1f} s when it was made)" if compiled is not None else ""
     status = "still fails (exit 1)" if outcome.returncode else "passes (exit 0)"
     notes = "".join(f" {note}" for note in case.notes)
     verb = "disagree" if outcome.returncode else "agree within tolerance"
     return f"""# {case.title[0].upper()}{case.title[1:]}
 
-openai-whisper (PyTorch) and a port of it to MAX Graph {verb} here: fed the same input
-({shapes}), MAX computes {_harness_line(case)}. `python repro.py` needs only `max` and `numpy`: it
-builds this one stage with plain `max.graph.ops` from the tensors in `weights.npz` (openai-whisper's
-names), compiles it{f" ({compiled:.1f} s here)" if compiled is not None else ""}, runs it on
-`input.npz`, prints the metrics against PyTorch's output and float64's (`expected.npz`) with the
-limits, and exits 1 while the disagreement reproduces.{notes}
+openai-whisper (PyTorch) and a port of it to MAX Graph {verb} here. Fed the same input
+({shapes}), the harness's MAX run gave: {_harness_line(case)}. `python repro.py` needs only `max`
+and `numpy`: it builds this one stage with plain `max.graph.ops` from the tensors in `weights.npz`
+(openai-whisper's names), compiles it{compile_time}, runs it on `input.npz`, prints the metrics
+against PyTorch's output and float64's (`expected.npz`) with the limits, and exits 1 while the
+disagreement reproduces.{notes}
 
 Made by `{provenance.command}`; checkpoint {provenance.model}, sha256 `{provenance.sha256}`.
 When it was made, `python repro.py` {status} and printed:
