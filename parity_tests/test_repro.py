@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +67,43 @@ def harness_result(reported, checkpoint, engine, reference, fault) -> dict:
     return {"localized_stage": fault.expected_stage, "metrics": metrics, "reason": ""}
 
 
-def standalone(out: Path) -> folder.Outcome:
-    """Run ``out/repro.py`` as a user would, with harness, torch and whisper unimportable."""
-    return folder.run(out / "repro.py")
+def requirements(names: list[str]) -> set[metadata.Distribution]:
+    """The installed distributions ``names`` need, theirs included (markers: if installed)."""
+    found, todo = {}, list(names)
+    while todo:
+        name = re.split(r"[ ;<>=!~\[(]", todo.pop(), maxsplit=1)[0]
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # a requirement for another Python or platform
+        if dist.metadata["Name"] not in found:
+            found[dist.metadata["Name"]] = dist
+            todo += [r for r in dist.requires or [] if "extra ==" not in r]
+    return set(found.values())
+
+
+@pytest.fixture(scope="module")
+def clean_python(tmp_path_factory) -> Path:
+    """A fresh venv holding only max and numpy (and what they require), linked offline from this
+    one's site-packages: no torch, no openai-whisper, no harness."""
+    venv = tmp_path_factory.mktemp("clean") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    (site,) = venv.glob("lib/python*/site-packages")
+    for dist in requirements(["max", "numpy"]):
+        tops = {f.parts[0] for f in dist.files or () if f.parts[0] != ".."}
+        for top in tops:
+            source = Path(dist.locate_file(top))
+            if source.exists() and not (site / top).exists():
+                (site / top).symlink_to(source)
+    return venv / "bin" / "python"
+
+
+def standalone(out: Path, python: Path) -> folder.Outcome:
+    """Run ``out/repro.py`` as a user would, in the venv ``python`` (``-I``: nothing else)."""
+    done = subprocess.run(
+        [python, "-I", "repro.py"], cwd=out, capture_output=True, text=True, timeout=1200
+    )
+    return folder.Outcome(done.returncode, done.stdout + done.stderr)
 
 
 def printed_metrics(output: str) -> dict[str, float]:
@@ -76,10 +111,19 @@ def printed_metrics(output: str) -> dict[str, float]:
     return json.loads(line.removeprefix("metrics "))
 
 
-def test_standalone_run_cannot_import_the_project(tmp_path):
-    probe = tmp_path / "repro.py"
-    probe.write_text("import numpy, max.graph\nimport harness\n")
-    outcome = standalone(tmp_path)
+def test_the_clean_venv_has_max_and_numpy_only(clean_python, tmp_path):
+    (tmp_path / "repro.py").write_text(
+        "import importlib.util as u, max.graph, numpy\n"
+        "print([m for m in ('torch', 'whisper', 'harness') if u.find_spec(m)])\n"
+    )
+    outcome = standalone(tmp_path, clean_python)
+    assert outcome.returncode == 0 and outcome.output.strip() == "[]", outcome.output
+
+
+def test_harness_runs_its_repro_without_the_project(tmp_path):
+    """What ``harness repro`` runs to fill the README: harness, torch, whisper unimportable."""
+    (tmp_path / "repro.py").write_text("import numpy, max.graph\nimport harness\n")
+    outcome = folder.run(tmp_path / "repro.py")
     assert outcome.returncode == 1
     assert "harness: a repro may import only max and numpy" in outcome.output
 
@@ -147,7 +191,7 @@ def hand_over_stage(checkpoint, engine, reference, fault, stage, out, shrink=Fal
 @slow
 @pytest.mark.parametrize("fault", DETECTED, ids=lambda f: f.name)
 def test_fault_repro_fails_with_the_reported_metrics(
-    checkpoint, engine, reference, reported, fault, tmp_path
+    checkpoint, engine, reference, reported, clean_python, fault, tmp_path
 ):
     result = harness_result(reported, checkpoint, engine, reference, fault)
     out = tmp_path / fault.name
@@ -159,7 +203,7 @@ def test_fault_repro_fails_with_the_reported_metrics(
         "repro.py",
         "weights.npz",
     ]
-    outcome = standalone(out)
+    outcome = standalone(out, clean_python)
     assert outcome.returncode == 1, outcome.output
     if result["metrics"] is None:  # MAX refused the harness's graph: the repro's is refused too
         assert result["reason"].split(":")[0] in outcome.output, outcome.output
@@ -172,16 +216,16 @@ def test_fault_repro_fails_with_the_reported_metrics(
 
 @slow
 @pytest.mark.parametrize("stage", FAITHFUL_STAGES)
-def test_faithful_repro_passes(checkpoint, engine, reference, stage, tmp_path):
+def test_faithful_repro_passes(checkpoint, engine, reference, clean_python, stage, tmp_path):
     done = hand_over_stage(checkpoint, engine, reference, CONTROL, stage, tmp_path / "faithful")
     assert done.stage.returncode == 0, done.stage.output
-    outcome = standalone(tmp_path / "faithful")
+    outcome = standalone(tmp_path / "faithful", clean_python)
     assert outcome.returncode == 0 and "PASS: within tolerance" in outcome.output, outcome.output
 
 
 @slow
 def test_fused_attention_bug_minimises_to_one_head_two_tokens(
-    checkpoint, engine, reference, tmp_path
+    checkpoint, engine, reference, clean_python, tmp_path
 ):
     (bug,) = MAX_BUGS
     done = hand_over_stage(
@@ -189,18 +233,18 @@ def test_fused_attention_bug_minimises_to_one_head_two_tokens(
     )
     assert done.minimal is not None and done.minimal.piece == "attention core"
     assert done.minimal.sizes == {"head": 1, "ctx": 2}
-    outcome = standalone(tmp_path / "fused" / "minimal")
+    outcome = standalone(tmp_path / "fused" / "minimal", clean_python)
     assert outcome.returncode == 1, outcome.output
     assert (tmp_path / "fused" / "minimal" / "input.npz").stat().st_size < 10_000
 
 
 @slow
-def test_fused_attention_mask_is_still_dropped_by_this_max(tmp_path):
+def test_fused_attention_mask_is_still_dropped_by_this_max(clean_python, tmp_path):
     """MAX 26.7 fuses softmax((q kᵀ + mask) · scale) v and drops an in-graph causal mask. When
     this fails, MAX has fixed it: the decoder's masked attention (layers.attention_float32) may
     go back to the fused form; regenerate the fixture with its README's command."""
     shutil.copytree(FUSED_REPRO, tmp_path / "repro")
-    outcome = standalone(tmp_path / "repro")
+    outcome = standalone(tmp_path / "repro", clean_python)
     assert outcome.returncode == 1, outcome.output
     measured = printed_metrics(outcome.output)
     assert measured["rel_l2"] > 1e-2  # a dropped mask, not round-off
