@@ -289,3 +289,10 @@ def test_report_hook_writes_the_stage_from_the_report_inputs(checkpoint, tmp_pat
     done = report_hook.write(checkpoint, document, tmp_path)
     assert (tmp_path / "repro" / "repro.py").is_file()
     assert done.stage.returncode == 0, done.stage.output  # synthetic:tiny's ln_post is faithful
+
+
+def test_constants_are_python_source_even_when_infinite():
+    value = {"snr_db": math.inf, "x": ("float32", ["batch", 3]), "one": (1,), "nan": math.nan}
+    copy = eval(script.literal(value), {})
+    assert copy["snr_db"] == math.inf and math.isnan(copy["nan"])
+    assert copy["x"] == ("float32", ["batch", 3]) and copy["one"] == (1,)

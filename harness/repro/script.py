@@ -90,6 +90,18 @@ def variant_constants(variant: Variant) -> dict[str, Any]:
     return {f.name.upper(): getattr(variant, f.name) for f in fields(Variant)}
 
 
+def literal(value: Any) -> str:
+    """``repr`` as Python source, infinite and NaN floats included (the SNR of equal outputs)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"float({str(value)!r})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, tuple | list):
+        items = ", ".join(literal(v) for v in value) + ("," if len(value) == 1 else "")
+        return f"({items})" if isinstance(value, tuple) else f"[{items}]"
+    return repr(value)
+
+
 def constant_lines(kind: str, values: dict[str, Any], variant: Variant) -> list[str]:
     """``NAME = value`` for each constant the kind reads; a planted fault says whisper's value."""
     faithful = variant_constants(FAITHFUL)
@@ -99,7 +111,7 @@ def constant_lines(kind: str, values: dict[str, Any], variant: Variant) -> list[
         note = ""
         if name in faithful and value != faithful[name]:
             note = f"  # planted fault; whisper: {faithful[name]!r}"
-        lines.append(f"{name} = {value!r}{note}")
+        lines.append(f"{name} = {literal(value)}{note}")
     return lines
 
 
@@ -135,7 +147,7 @@ def render_core(header: str, values: dict[str, Any], variant: Variant) -> str:
         "CAUSAL_MASK": variant.causal_mask,
         "LIMIT": values["LIMITS"]["rel_l2"][0],
     } | {name: values[name] for name in ("GRAPH_NAME", "NPZ", "INPUTS")}
-    lines = [f"{name} = {value!r}" for name, value in constants.items()]
+    lines = [f"{name} = {literal(value)}" for name, value in constants.items()]
     script = Template(parts["script"]).substitute(
         constants="\n".join(lines), attention=parts[body].rstrip("\n")
     )
