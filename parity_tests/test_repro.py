@@ -26,6 +26,7 @@ from harness.compare.verdict import verdict
 from harness.faults.catalogue import CATALOGUE, CONTROL, MAX_BUGS
 from harness.faults.findings import run_faults
 from harness.faults.reference_trace import trace_reference
+from harness.max_whisper.variant import Variant
 from harness.paths import FIXTURES
 from harness.report.markdown import markdown
 from harness.repro import folder, report_hook, script
@@ -142,8 +143,6 @@ def test_script_metrics_are_the_harness_metrics():
 
 
 def test_planted_constants_say_whisper_value():
-    from harness.max_whisper.variant import Variant
-
     values = script.variant_constants(Variant(layer_norm_eps=1e-6)) | {"PREFIX": "encoder."}
     values |= dict.fromkeys(script.COMMON, 0)
     lines = script.constant_lines("ln_post", values, Variant(layer_norm_eps=1e-6))
@@ -296,3 +295,28 @@ def test_constants_are_python_source_even_when_infinite():
     copy = eval(script.literal(value), {})
     assert copy["snr_db"] == math.inf and math.isnan(copy["nan"])
     assert copy["x"] == ("float32", ["batch", 3]) and copy["one"] == (1,)
+
+
+@pytest.mark.parametrize(
+    "variant, masked",
+    [
+        (Variant(fused_masked_attention=True), True),
+        (Variant(causal_mask=False), True),
+        (Variant(attention_scale_power=1.0), False),
+        (Variant(softmax_over_queries=True), False),
+    ],
+)
+def test_core_scripts_build_their_graph(tmp_path, variant, masked):
+    """Every form of the attention-core script builds its graph (no compile)."""
+    shape = ("float32", ["batch", "head", "ctx", 8])
+    values = {
+        "MASKED": masked,
+        "GRAPH_NAME": "core",
+        "NPZ": folder.NPZ,
+        "INPUTS": dict.fromkeys("qkv", shape),
+        "LIMITS": {"rel_l2": (2e-6, "max")},
+    }
+    path = tmp_path / "repro.py"
+    path.write_text(script.render("sub_core", "A core.", values, variant))
+    assert script.declared_weights(script.load_script(path)) == []
+    assert len(path.read_text().splitlines()) <= 80

@@ -53,17 +53,10 @@ class Case:
     notes: list[str] = field(default_factory=list)
 
     def fails(self) -> bool:
-        """Whether the harness's own run broke a limit (NaN breaks all) or MAX refused it."""
+        """Whether the harness's own run broke a limit or MAX refused the graph."""
         if self.reported is None:
             return self.reported_error is not None
-        return any(
-            not (
-                self.reported[metric] >= bound
-                if better == "min"
-                else self.reported[metric] <= bound
-            )
-            for metric, (bound, better) in self.limits.items()
-        )
+        return bool(breaks(self.reported, self.limits))
 
     def input_types(self) -> dict[str, tuple[str, list[int | str]]]:
         """Each input's dtype and shape, symbolic axes named, as ``INPUTS`` in the script."""
@@ -74,6 +67,15 @@ class Case:
                 shape[axis] = dim
             types[name] = (str(array.dtype), shape)
         return types
+
+
+def breaks(metrics: Metrics, limits: Limits) -> list[str]:
+    """The metrics over their limits; NaN breaks every limit."""
+    return [
+        metric
+        for metric, (bound, better) in limits.items()
+        if not (metrics[metric] >= bound if better == "min" else metrics[metric] <= bound)
+    ]
 
 
 def limits_for(kind: str) -> Limits:
