@@ -109,6 +109,20 @@ def versions() -> str:
     return ", ".join(f"{p} {version(p)}" for p in packages) + f", python {sys.version.split()[0]}"
 
 
+USAGE = """\
+Needs only max and numpy: `python repro.py` reads input.npz (the stage's input as the harness fed
+it), weights.npz (the checkpoint's tensors it reads, openai-whisper's names and layouts) and
+expected.npz ("torch": PyTorch's output, "float64": the same maths in float64), builds the stage as
+one MAX graph, compiles and runs it on the CPU.
+Output: compile and run times; each metric of MAX's output against PyTorch's with its limit and the
+value the harness measured; each side's rel_l2 to float64 (the side far from it is wrong); then
+FAIL and exit 1 while the disagreement reproduces, PASS and exit 0 when it is within tolerance."""
+CORE_USAGE = """\
+Needs only max and numpy: `python repro.py` reads input.npz (q, k, v as PyTorch projects them) and
+expected.npz (openai-whisper's attention of them, "torch", and in float64), compiles the graph
+below, runs it and prints MAX's rel_l2 to each; FAIL and exit 1 while over the limit, else PASS."""
+
+
 def header(case: Case, provenance: Provenance) -> str:
     """repro.py's docstring: what it reproduces, where it came from, how to read its output."""
     fault = ""
@@ -124,13 +138,7 @@ Versions:   {versions()}
 Checkpoint: {provenance.model} ({provenance.weights}), sha256 {provenance.sha256}
 Harness:    {_harness_line(case)}
 
-Needs only max and numpy: `python repro.py` reads input.npz (the stage's input as the harness fed
-it), weights.npz (the checkpoint's tensors it reads, openai-whisper's names and layouts) and
-expected.npz ("torch": PyTorch's output, "float64": the same maths in float64), builds the stage as
-one MAX graph, compiles and runs it on the CPU.
-Output: compile and run times; each metric of MAX's output against PyTorch's with its limit and the
-value the harness measured; each side's rel_l2 to float64 (the side far from it is wrong); then
-FAIL and exit 1 while the disagreement reproduces, PASS and exit 0 when it is within tolerance.
+{CORE_USAGE if case.kind == "sub_core" else USAGE}
 """
 
 
@@ -138,7 +146,7 @@ def _harness_line(case: Case) -> str:
     if case.reported_error:
         return f"MAX refused the graph: {case.reported_error}"
     if case.reported is None:
-        return "not run by the harness"
+        return "a piece its minimiser cut out of a failing stage (see ../README.md)"
     bound, _ = case.limits["rel_l2"]
     return f"rel_l2 {case.reported['rel_l2']:.4g} (limit {bound:.3g})"
 

@@ -247,7 +247,8 @@ def minimise(
     capture = trace_block(block, x, xa, mask)
     candidate = MaxSubStages(checkpoint.dims, model.state_dict(), engine, variant)
     sub_stage, _ = bisect(candidate, stage, capture, xa, limits)
-    base = replace(base, reported=None, reported_error=None, limits=limits_for("isolated"))
+    limits_of_piece = limits_for("isolated")  # a piece is judged like any isolated stage
+    base = replace(base, reported=None, reported_error=None, limits=limits_of_piece, notes=[])
     for piece in pieces(base, stage, block, sub_stage, capture, x, xa):
         judge = Judge(piece)
         try:
