@@ -159,14 +159,18 @@ def readme(case: Case, provenance: Provenance, outcome: Outcome) -> str:
     status = "still fails (exit 1)" if outcome.returncode else "passes (exit 0)"
     notes = "".join(f" {note}" for note in case.notes)
     verb = "disagree" if outcome.returncode else "agree within tolerance"
+    measured = f"the harness's MAX run gave {_harness_line(case)}"
+    if case.reported is None and case.reported_error is None:
+        measured = "this piece, cut out of a failing stage by the harness's minimiser, fails alone"
+    built = "the attention core" if case.kind == "sub_core" else "this one stage"
+    source = "" if case.kind == "sub_core" else " from the tensors in `weights.npz`"
     return f"""# {case.title[0].upper()}{case.title[1:]}
 
 openai-whisper (PyTorch) and a port of it to MAX Graph {verb} here. Fed the same input
-({shapes}), the harness's MAX run gave: {_harness_line(case)}. `python repro.py` needs only `max`
-and `numpy`: it builds this one stage with plain `max.graph.ops` from the tensors in `weights.npz`
-(openai-whisper's names), compiles it{compile_time}, runs it on `input.npz`, prints the metrics
-against PyTorch's output and float64's (`expected.npz`) with the limits, and exits 1 while the
-disagreement reproduces.{notes}
+({shapes}), {measured}. `python repro.py` needs only `max` and `numpy`: it builds {built} with
+plain `max.graph.ops`{source}, compiles it{compile_time}, runs it on `input.npz`, compares
+with PyTorch's output and float64's (`expected.npz`) and exits 1 while the disagreement
+reproduces.{notes}
 
 Made by `{provenance.command}`; checkpoint {provenance.model}, sha256 `{provenance.sha256}`.
 When it was made, `python repro.py` {status} and printed:
