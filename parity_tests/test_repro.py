@@ -230,7 +230,7 @@ def test_fused_attention_bug_minimises_to_one_head_two_tokens(
     done = hand_over_stage(
         checkpoint, engine, reference, bug, "decoder.blocks.0", tmp_path / "fused", shrink=True
     )
-    assert done.minimal is not None and done.minimal.piece == "attention core"
+    assert done.minimal is not None and done.minimal.piece.startswith("attention core")
     assert done.minimal.sizes == {"head": 1, "ctx": 2}
     outcome = standalone(tmp_path / "fused" / "minimal", clean_python)
     assert outcome.returncode == 1, outcome.output

@@ -219,7 +219,7 @@ class Minimal:
     """The smallest failing piece found: which, at which sizes, from which full sizes."""
 
     sub_stage: str
-    piece: str  # "attention core" or the sub-stage
+    piece: str  # which piece: "attention core of sub-stage attn", "sub-stage mlp" ...
     full: dict[str, int]
     sizes: dict[str, int]
     case: Case
@@ -227,7 +227,15 @@ class Minimal:
     def describe(self) -> str:
         shapes = ", ".join(f"{n} {tuple(a.shape)}" for n, a in self.case.inputs.items())
         cut = ", ".join(f"{self.sizes[a]} of {self.full[a]} {AXES[a]}" for a in self.full)
-        return f"{self.piece} of sub-stage {self.sub_stage}: {shapes} ({cut}, batch 1)"
+        return f"{self.piece}: {shapes} ({cut}, batch 1)"
+
+
+def piece_label(piece: Piece, sub_stage: str) -> str:
+    if piece.module is None:
+        return f"attention core of sub-stage {sub_stage}"
+    if sub_stage == RESIDUAL:
+        return "whole block (its sub-stages agree alone: the residual additions)"
+    return f"sub-stage {sub_stage}"
 
 
 def minimise(
@@ -255,7 +263,7 @@ def minimise(
             full = piece.sizes()
             if judge.fails(full):
                 sizes = smallest(judge.fails, full)
-                label = "attention core" if piece.module is None else sub_stage
+                label = piece_label(piece, sub_stage)
                 return Minimal(sub_stage, label, full, sizes, piece.shrunk(sizes))
         finally:
             judge.close()
