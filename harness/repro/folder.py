@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -128,15 +129,19 @@ def header(case: Case, provenance: Provenance) -> str:
     fault = ""
     if provenance.fault:
         fault = (
-            f"Planted fault: {provenance.fault}, {provenance.fault_description}. Its switches are "
-            'the constants marked "planted fault" below.\n'
+            f"Planted fault: {provenance.fault}, {provenance.fault_description}. The code below "
+            'is built with it (its switches: constants marked "planted fault").'
         )
-    return f"""Reproduces {case.title}.
-{fault}
-Made by:    {provenance.command}
+    made = textwrap.fill(f"Made by:    {provenance.command}", 99, subsequent_indent=" " * 16)
+    harness = textwrap.fill(f"Harness:    {_harness_line(case)}", 99, subsequent_indent=" " * 12)
+    return f"""{textwrap.fill(f"Reproduces {case.title}.", 96)}
+{textwrap.fill(fault, 99)}
+
+{made}
 Versions:   {versions()}
-Checkpoint: {provenance.model} ({provenance.weights}), sha256 {provenance.sha256}
-Harness:    {_harness_line(case)}
+Checkpoint: {provenance.model} ({provenance.weights})
+sha256:     {provenance.sha256}
+{harness}
 
 {CORE_USAGE if case.kind == "sub_core" else USAGE}
 """

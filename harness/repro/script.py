@@ -10,6 +10,7 @@ written out where the harness is not there to supply it.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import re
 from dataclasses import fields
@@ -99,7 +100,18 @@ def literal(value: Any) -> str:
     if isinstance(value, tuple | list):
         items = ", ".join(literal(v) for v in value) + ("," if len(value) == 1 else "")
         return f"({items})" if isinstance(value, tuple) else f"[{items}]"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # double quotes, as ruff format writes them
     return repr(value)
+
+
+def assignment(name: str, value: Any) -> str:
+    """``NAME = value``; a dict too long for one line gets a line per entry."""
+    line = f"{name} = {literal(value)}"
+    if len(line) <= 99 or not isinstance(value, dict):
+        return line
+    entries = "".join(f"    {literal(k)}: {literal(v)},\n" for k, v in value.items())
+    return f"{name} = {{\n{entries}}}"
 
 
 def constant_lines(kind: str, values: dict[str, Any], variant: Variant) -> list[str]:
@@ -111,7 +123,7 @@ def constant_lines(kind: str, values: dict[str, Any], variant: Variant) -> list[
         note = ""
         if name in faithful and value != faithful[name]:
             note = f"  # planted fault; whisper: {faithful[name]!r}"
-        lines.append(f"{name} = {literal(value)}{note}")
+        lines.append(assignment(name, value) + note)
     return lines
 
 
@@ -141,13 +153,14 @@ def render_core(header: str, values: dict[str, Any], variant: Variant) -> str:
     if not masked and variant.softmax_over_queries:
         body = "over_queries"
     head_dim = values["INPUTS"]["q"][1][-1]
-    constants = {
-        "SCALE": 1.0 / math.pow(head_dim, variant.attention_scale_power),
-        "AXIS": -2 if variant.softmax_over_queries else -1,
-        "CAUSAL_MASK": variant.causal_mask,
-        "LIMIT": values["LIMITS"]["rel_l2"][0],
-    } | {name: values[name] for name in ("GRAPH_NAME", "NPZ", "INPUTS")}
-    lines = [f"{name} = {literal(value)}" for name, value in constants.items()]
+    constants = {"SCALE": 1.0 / math.pow(head_dim, variant.attention_scale_power)}
+    if body == "spelled":
+        constants["AXIS"] = -2 if variant.softmax_over_queries else -1
+    if masked:
+        constants["CAUSAL_MASK"] = variant.causal_mask
+    constants["LIMIT"] = values["LIMITS"]["rel_l2"][0]
+    constants |= {name: values[name] for name in ("GRAPH_NAME", "INPUTS")}
+    lines = [assignment(name, value) for name, value in constants.items()]
     script = Template(parts["script"]).substitute(
         constants="\n".join(lines), attention=parts[body].rstrip("\n")
     )
