@@ -1,4 +1,4 @@
-"""Command line: ``report``, ``transcribe``, ``gate``, ``faults``.
+"""Command line: ``report``, ``transcribe``, ``gate``, ``faults``, ``repro``.
 
 User mistakes (bad checkpoint, bad audio, bad arguments) print one ``error:`` line and exit 2;
 anything else is a bug in the harness and keeps its traceback.
@@ -45,6 +45,8 @@ def _lazy(name: str) -> ModuleType:
 
 
 faults = _lazy("harness.faults.cli")
+repro = _lazy("harness.repro.cli")
+repro_report = _lazy("harness.repro.report_hook")
 report = _lazy("harness.report.build")
 measure = _lazy("harness.speed.measure")  # with the peers and scipy: ~0.5 s
 transcripts = _lazy("harness.compare.transcripts")
@@ -126,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_transcribe(commands)
     gate.add_parser(commands)
     faults.add_parser(commands)
+    repro.add_parser(commands)
     return parser
 
 
@@ -199,11 +202,18 @@ def _report(args: argparse.Namespace) -> int:
         peers=args.peers,
         weights=weights,
     )
-    return _write_report(document, out, progress)
+    repro_report.mark(document)  # a failing report hands its first divergent stage over
+    return _write_report(document, out, progress, checkpoint)
 
 
-def _write_report(document: dict, out: Path, progress: Progress) -> int:
+def _write_report(
+    document: dict, out: Path, progress: Progress, repro_of: checkpoints.Checkpoint | None = None
+) -> int:
+    """Write the report; ``repro_of``: our port's checkpoint, whose first divergent stage (if
+    ``mark`` named one) is written out as a standalone reproduction."""
     report.write(document, out)
+    if repro_of is not None:
+        repro_report.write(repro_of, document, out, progress)
     progress.done()
     verdict = "PASS" if document["verdict"]["pass"] else "FAIL"
     print(f"{verdict}: wrote {out}/ (report.md, report.html, parity.json, summary.csv, plots)")

@@ -119,3 +119,16 @@ CATALOGUE: tuple[Fault, ...] = (
         "cross_attn",
     ),
 )
+
+# Not porting bugs but MAX's own, kept reproducible (``python -m harness repro --fault``): the
+# ``faults`` command runs the catalogue above only.
+MAX_BUGS: tuple[Fault, ...] = (
+    Fault(
+        "fused_masked_attention",
+        Variant(fused_masked_attention=True),
+        "decoder.blocks.0",
+        "masked attention written as softmax((q kᵀ + mask) · scale) v, the form MAX 26.7 fuses "
+        "into one attention op that silently drops an additive mask built in the graph",
+        "attn",
+    ),
+)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import whisper
 
 from harness.compare.decoder_parity import teacher_tokens
+from harness.compare.transcripts import true_text
 from harness.faults.catalogue import CLIP
 from harness.inputs.audio import load_audio
 from harness.inputs.checkpoints import Checkpoint
@@ -28,11 +28,11 @@ class ReferenceTrace:
 
 
 def trace_reference(checkpoint: Checkpoint, clip: Path = CLIP) -> ReferenceTrace:
-    """Trace openai-whisper on ``clip``: its log-mel, encoder, and decoder on the true sentence."""
+    """Trace openai-whisper on ``clip``: its log-mel, encoder, and decoder on the true sentence
+    (its ``transcripts.json`` entry; none: the prompt alone, as the report does)."""
     audio = whisper.pad_or_trim(load_audio(clip))
     mel = whisper.log_mel_spectrogram(audio, checkpoint.dims.n_mels).numpy()
     encoder = tracer.trace_encoder(checkpoint.model.encoder, mel[None])
-    text = json.loads((clip.parent / "transcripts.json").read_text())[clip.name]
-    tokens = teacher_tokens(checkpoint, text)
+    tokens = teacher_tokens(checkpoint, true_text(clip) or "")
     decoder = tracer.trace_decoder(checkpoint.model.decoder, tokens, encoder["ln_post"])
     return ReferenceTrace(audio, mel, encoder, decoder)

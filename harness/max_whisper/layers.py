@@ -208,6 +208,8 @@ def attention_float32(
         return ops.permute(transposed, [0, 1, 3, 2]) @ v
     if mask is None:
         return ops.softmax(scores * scale) @ v
+    if scope.variant.fused_masked_attention:  # MAX 26.7 drops the mask (faults.catalogue)
+        return ops.softmax((scores + mask) * scale) @ v
     scores = (scores + mask) * scale
     weights = ops.exp(scores - ops.max(scores, axis=axis))
     return (weights / ops.sum(weights, axis=axis)) @ v

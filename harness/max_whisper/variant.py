@@ -8,7 +8,7 @@ catches and localises each kind of porting bug. PyTorch is never patched.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class Variant:
     mel_log_clamp: bool = True
     softmax_over_queries: bool = False  # normalise each key's column, not each query's row
     mlp_residual: bool = True  # False: an encoder block returns its MLP's output, no residual
+    # True: masked attention in the form MAX 26.7 fuses and drops the mask in (``MAX_BUGS``). Kept
+    # out of repr so that every other variant's graph names, and their compiled caches, stay put.
+    fused_masked_attention: bool = field(default=False, repr=False)
 
     def attention_scale(self, head_dim: int) -> float:
         return 1.0 / math.pow(head_dim, self.attention_scale_power)

@@ -98,18 +98,20 @@ def float64_stage(model: Whisper, stage: str) -> StageFunction:
 def _float64_of(model: Whisper, stage: Stage) -> StageFunction:
     encoder, decoder = model.encoder, model.decoder
     if stage.kind == "block" and stage.side == "encoder":
-        return _float64(encoder.blocks[stage.block])
+        return float64_module(encoder.blocks[stage.block])
     if stage.kind == "block":
-        block, mask = _float64(decoder.blocks[stage.block]), decoder.mask.double()
+        block, mask = float64_module(decoder.blocks[stage.block]), decoder.mask.double()
         return lambda x, xa: block(x, xa, mask=mask)
     builders: dict[str, Callable[[], StageFunction]] = {
-        "conv1": lambda: _conv1(_float64(encoder.conv1)),
-        "conv2": lambda: _conv2(_float64(encoder.conv2), encoder.positional_embedding.double()),
-        "ln_post": lambda: _float64(encoder.ln_post),
-        "embed": lambda: _embed(
-            _float64(decoder.token_embedding), decoder.positional_embedding.double()
+        "conv1": lambda: _conv1(float64_module(encoder.conv1)),
+        "conv2": lambda: _conv2(
+            float64_module(encoder.conv2), encoder.positional_embedding.double()
         ),
-        "ln": lambda: _float64(decoder.ln),
+        "ln_post": lambda: float64_module(encoder.ln_post),
+        "embed": lambda: _embed(
+            float64_module(decoder.token_embedding), decoder.positional_embedding.double()
+        ),
+        "ln": lambda: float64_module(decoder.ln),
         "logits": lambda: _logits(decoder.token_embedding.weight.double()),
     }
     return builders[stage.kind]()
@@ -125,7 +127,7 @@ def log_mel_float64(audio: torch.Tensor, n_mels: int) -> torch.Tensor:
     return (log_spec + 4.0) / 4.0
 
 
-def _float64(module: nn.Module) -> nn.Module:
+def float64_module(module: nn.Module) -> nn.Module:
     """A float64 copy of ``module`` whose whisper ``LayerNorm``s really compute in float64."""
     copied = copy.deepcopy(module).double()
     for child in copied.modules():

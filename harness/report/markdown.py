@@ -20,6 +20,8 @@ def markdown(document: dict[str, Any], plots: Iterable[str] = ()) -> str:
     if report.banner:
         parts.append(f"> **{_md(report.banner)}**")
     parts.append(_md_verdict(report.verdict))
+    if document.get("repro"):
+        parts.append(_md_repro(document["repro"]))
     parts.append("\n".join(f"- {_md(line)}" for line in report.provenance))
     for section in report.sections:
         parts.append(_md_section(section, available))
@@ -31,6 +33,16 @@ def _md_verdict(result: dict[str, Any]) -> str:
         return "**Verdict: PASS** — every comparison is within tolerance."
     lines = [f"**Verdict: FAIL** — {len(result['failures'])} problem(s):", ""]
     return "\n".join(lines + [f"- `{failure}`" for failure in result["failures"]])
+
+
+def _md_repro(repro: dict[str, str]) -> str:
+    """The link to the first divergent stage's standalone reproduction (harness/repro/)."""
+    folder = repro["folder"]
+    return (
+        f"Standalone reproduction of `{repro['stage']}`, the first divergent stage: "
+        f"[{folder}/README.md]({folder}/README.md); `python {folder}/repro.py` needs only max "
+        "and numpy and exits 1 while it fails."
+    )
 
 
 def _md_section(section: Section, available: set[str]) -> str:
