@@ -7,13 +7,18 @@ import sys
 
 import pytest
 
+from harness.child_process import child_env
 from harness.paths import REPO
 from harness.report.files import write_json
 
 
 def harness(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "harness", *args], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "harness", *args],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
     )
 
 

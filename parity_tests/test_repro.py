@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from harness import cli
+from harness.child_process import child_env
 from harness.compare.metrics import compare
 from harness.compare.verdict import verdict
 from harness.faults.catalogue import CATALOGUE, CONTROL, MAX_BUGS
@@ -102,7 +103,12 @@ def clean_python(tmp_path_factory) -> Path:
 def standalone(out: Path, python: Path) -> folder.Outcome:
     """Run ``out/repro.py`` as a user would, in the venv ``python`` (``-I``: nothing else)."""
     done = subprocess.run(
-        [python, "-I", "repro.py"], cwd=out, capture_output=True, text=True, timeout=1200
+        [python, "-I", "repro.py"],
+        cwd=out,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     return folder.Outcome(done.returncode, done.stdout + done.stderr)
 
@@ -257,7 +263,10 @@ def test_fused_attention_fixture_is_short():
 def test_cli_runs_python_dash_m(tmp_path):
     """``python -m harness repro`` is wired into the command line (its help, no compile)."""
     done = subprocess.run(
-        [sys.executable, "-m", "harness", "repro", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "harness", "repro", "--help"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0 and re.search(r"--stage", done.stdout)
 

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 from whisper.model import ModelDimensions
 
 from harness.candidates import OURS
-from harness.candidates.max_module import ModuleAdapter
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:  # max.nn, imported on first use: it leaks PYTHONEXECUTABLE (child_process.py)
+    from harness.candidates.max_module import ModuleAdapter
 
 SHIPPED = {"max-pipelines-encoder": "harness.candidates.adapters.max_pipelines_encoder"}
 FIXED = ":fixed"
@@ -49,6 +52,8 @@ def resolve(spec: str) -> Candidate:
     """The candidate ``spec`` names; a HarnessError naming the choices when it names none."""
     if spec == OURS:
         return Candidate(OURS, None, "harness/max_whisper")
+    from harness.candidates.max_module import ModuleAdapter
+
     base, fixed = (spec[: -len(FIXED)], True) if spec.endswith(FIXED) else (spec, False)
     module = _adapter_module(base)
     adapter = getattr(module, "ADAPTER", None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.candidates.registry import OURS
+from harness.candidates import OURS
 from harness.report.content import Row, Section, Table
 
 FINDING_COLUMNS = (

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.child_process import child_env
 from harness.report.files import replaced_folder
 from harness.repro.case import Case
 from harness.repro.script import declared_weights, load_script, render
@@ -87,6 +88,7 @@ def run(script: Path) -> Outcome:
     done = subprocess.run(
         [sys.executable, "-I", "-c", STANDALONE, script.name],
         cwd=script.parent,
+        env=child_env(),
         capture_output=True,
         text=True,
     )

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.child_process import child_env
 from harness.errors import HarnessError
 from harness.paths import REPO
 
@@ -67,7 +68,7 @@ def first_transcript(
         result = subprocess.run(
             list(argv),
             cwd=cwd,
-            env=None if env is None else dict(env),
+            env=child_env() if env is None else dict(env),
             capture_output=True,
             text=True,
             timeout=timeout,

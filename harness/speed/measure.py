@@ -24,7 +24,6 @@ with bfloat16 weights and activations; CTranslate2 is compared with float32 mode
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 import torch
 import whisper
 
+from harness.child_process import child_env
 from harness.compare.transcripts import transcription_language
 from harness.inputs import checkpoints
 from harness.inputs.audio import audio_duration_s, load_audio
@@ -246,7 +246,7 @@ def cold_compile_seconds(checkpoint: Checkpoint, engine: Engine) -> float:
     """Compiling the fused encoder with an empty MAX cache, in a child process (the cache root,
     ``MODULAR_DERIVED_PATH``, is read once per process)."""
     with tempfile.TemporaryDirectory(prefix="max-cold-") as cache:
-        env = {**os.environ, "MODULAR_DERIVED_PATH": cache}
+        env = child_env(MODULAR_DERIVED_PATH=cache)
         command = [
             sys.executable,
             "-m",
