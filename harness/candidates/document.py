@@ -27,7 +27,7 @@ from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.progress import Notify, silent
 from harness.reference import tracer
-from harness.report.build import DEFAULT_AUDIO, SCHEMA, encoder_window, model_section, versions
+from harness.report.build import DEFAULT_AUDIO, encoder_window, header
 
 NOT_COVERED = "mel, decoder, transcripts, language, peers, speed"
 FORMS = {
@@ -58,12 +58,7 @@ def build(
     if bound is not None:
         encoder, findings = compared_encoder(bound, reference, limits, speech, progress)
     document = {
-        "schema": SCHEMA,
-        "model": model_section(checkpoint),
-        "device": device,
-        "dtype": dtype,
-        "versions": versions(),
-        "tolerances": limits.limits,
+        **header(checkpoint, device, dtype, limits),
         "candidate": candidate_section(candidate, bound, checkpoint, findings, engine),
     }
     if encoder:

@@ -86,12 +86,7 @@ def build(
     tokens = teacher_tokens(checkpoint, true_text(DEFAULT_AUDIO) or "")
     float64 = Float64Reference(checkpoint.model, reference["ln_post"])
     document = {
-        "schema": SCHEMA,
-        "model": model_section(checkpoint),
-        "device": device,
-        "dtype": dtype,
-        "versions": versions(),
-        "tolerances": limits.limits,
+        **header(checkpoint, device, dtype, limits),
         "candidate": ours_section(),
         **mel_section(candidate, window, mel, float64, limits),
         "encoder": {
@@ -174,6 +169,19 @@ def mel_section(
     return {
         "mel": compare(max_mel, mel.T),
         "mel_arbiter": float64.arbitrate("mel", window, mel.T, max_mel, limit),
+    }
+
+
+def header(checkpoint: Checkpoint, device: str, dtype: str, limits: Tolerances) -> dict[str, Any]:
+    """What every parity.json opens with: its schema, the model and where its weights came from,
+    the device, dtype, versions and the tolerances it is judged by."""
+    return {
+        "schema": SCHEMA,
+        "model": model_section(checkpoint),
+        "device": device,
+        "dtype": dtype,
+        "versions": versions(),
+        "tolerances": limits.limits,
     }
 
 
