@@ -88,6 +88,32 @@ def test_any_chunking_of_the_tokens_gives_the_same_logits(setup):
     np.testing.assert_allclose(np.concatenate(chunks, axis=1), whole, rtol=0, atol=REPLAY_ATOL)
 
 
+def test_logits_of_chosen_rows_only(setup):
+    """A later window's prompt: decoding reads the logits of two positions of ~90, so MAX
+    computes those rows alone, equal to the same rows of the full computation; ``MaxInference``
+    leaves the others NaN, and the next token's call is unchanged."""
+    checkpoint, candidate, audio_features = setup
+    tokens = teacher_tokens(checkpoint, TEXT)[:, :12]
+    candidate.reset()
+    whole = candidate.logits(tokens, audio_features)
+    candidate.reset()
+    rows = [3, 10]
+    np.testing.assert_allclose(
+        candidate.logits(tokens[:, :11], audio_features, rows), whole[:, rows], atol=REPLAY_ATOL
+    )
+    np.testing.assert_allclose(
+        candidate.logits(tokens[:, 11:], audio_features), whole[:, 11:], atol=REPLAY_ATOL
+    )
+    inference = MaxInference(candidate, read=[3])
+    logits = inference.logits(torch.from_numpy(tokens[:, :11]), torch.from_numpy(audio_features))
+    inference.cleanup_caching()
+    np.testing.assert_allclose(logits[:, [3, 10]].numpy(), whole[:, [3, 10]], atol=REPLAY_ATOL)
+    assert torch.isnan(logits[:, [0, 1, 2, 4, 9]]).all()
+    with pytest.raises(ValueError, match="not indices"):
+        candidate.logits(tokens, audio_features, [12])
+    candidate.reset()
+
+
 def test_the_cache_refuses_tokens_beyond_the_text_context(setup):
     checkpoint, candidate, audio_features = setup
     candidate.reset()

@@ -263,8 +263,7 @@ def _dq4_k(b: np.ndarray) -> np.ndarray:
 def _q6_k(x: np.ndarray) -> np.ndarray:
     n = x.shape[0]
     sub = x.reshape(n, 16, 16)
-    extreme = np.take_along_axis(sub, np.abs(sub).argmax(axis=2)[:, :, None], axis=2)[:, :, 0]
-    scale = extreme / -32.0  # as q4_0: the extreme value lands on code -32 exactly
+    scale = _q6_k_sub_scales(sub)
     largest = np.take_along_axis(scale, np.abs(scale).argmax(axis=1)[:, None], axis=1)
     inverse = np.divide(-128.0, largest, out=np.zeros_like(largest), where=largest != 0)
     d = np.divide(1.0, inverse, out=np.zeros_like(inverse), where=inverse != 0)
@@ -303,6 +302,30 @@ def _q6_k(x: np.ndarray) -> np.ndarray:
     )
     scales = sc.astype(np.int8).view(np.uint8)
     return np.concatenate([ql, qh, scales, _fp16(d)], axis=1)
+
+
+def _q6_k_sub_scales(sub: np.ndarray) -> np.ndarray:
+    """Each sub-block's scale as llama.cpp's ``make_qx_quants`` (nmax 32, rmse_type 1) picks it.
+
+    The plain choice maps the value of largest magnitude to code -32. llama.cpp also tries 18
+    grids 1-9 tenths of a code finer or coarser, and keeps the one whose least-squares scale
+    leaves the least x²-weighted error: large weights, which move the products most, land
+    closer to their codes. On pretrained tiny.en this halved the step's logit error (README).
+    """
+    extreme = np.take_along_axis(sub, np.abs(sub).argmax(axis=2)[:, :, None], axis=2)
+    weight = sub * sub
+    best_scale = extreme[:, :, 0] / -32.0
+    best = np.full(best_scale.shape, -np.inf, np.float32)
+    for tenths in range(-9, 10):
+        inverse = _ratio(np.float32(-(32.0 + 0.1 * tenths)), extreme)
+        codes = np.clip(np.rint(inverse * sub), -32, 31)
+        sum_lx = (weight * sub * codes).sum(axis=2)
+        sum_l2 = (weight * codes * codes).sum(axis=2)
+        score = _ratio(sum_lx * sum_lx, sum_l2)  # the error removed by the best scale
+        better = (sum_l2 > 0) & (score > best)
+        best = np.where(better, score, best)
+        best_scale = np.where(better, _ratio(sum_lx, sum_l2), best_scale)
+    return best_scale
 
 
 def _dq6_k(b: np.ndarray) -> np.ndarray:

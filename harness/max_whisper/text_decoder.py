@@ -82,8 +82,11 @@ class MaxTextDecoder(BoundGraphs):
         self.offset = 0
         self._kv = None
 
-    def logits(self, tokens: np.ndarray, audio_features: np.ndarray) -> np.ndarray:
-        """Logits (batch, n, vocab) of the ``n`` new ``tokens`` at positions ``offset ..``.
+    def logits(
+        self, tokens: np.ndarray, audio_features: np.ndarray, rows: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Logits (batch, n, vocab) of the ``n`` new ``tokens`` at positions ``offset ..``; with
+        ``rows`` (indices into the new tokens), (batch, len(rows), vocab) of those only.
 
         The first call after ``reset`` computes the cross K/V of ``audio_features`` (batch or
         1 rows, repeated to the tokens' batch as openai-whisper broadcasts them); later calls
@@ -97,12 +100,16 @@ class MaxTextDecoder(BoundGraphs):
         if self._kv is None:
             self._kv = self._cross_kv(audio_features, batch)
             self._allocate_cache(batch)
+        rows = np.arange(n) if rows is None else np.asarray(rows)
+        if rows.size == 0 or rows.min() < 0 or rows.max() >= n:
+            raise ValueError(f"rows {rows.tolist()} are not indices into {n} new tokens")
         step = self.model("step", "decoder.")
         outputs = step.execute(
             self.engine.to_device(np.ascontiguousarray(tokens, dtype=np.int64)),
             Buffer.scalar(self.offset, DType.int64),
             *self._kv,
             *self._cache,
+            self.engine.to_device(rows.astype(np.int64)),
         )
         self.offset += n
         self._settle()
@@ -197,6 +204,7 @@ class MaxTextDecoder(BoundGraphs):
         cross = TensorType(dtype, ["batch", d.n_text_head, d.n_audio_ctx, head_dim], device)
         cache = BufferType(dtype, ["batch", d.n_text_head, d.n_text_ctx, head_dim], device)
         rows = TensorType(DType.int64, ["batch"], device)
+        picked = TensorType(DType.int64, ["rows"], device)  # the step's positions with logits
         n_kv = 2 * d.n_text_layer
 
         def f32(x):
@@ -218,8 +226,11 @@ class MaxTextDecoder(BoundGraphs):
 
         def step(s, i):
             kv = [x.tensor for x in i[2 : 2 + n_kv]]
-            buffers = [x.buffer for x in i[2 + n_kv :]]
-            return [f32(decoder.text_decoder_step(s, i[0].tensor, i[1].tensor, kv, buffers, d))]
+            buffers = [x.buffer for x in i[2 + n_kv : 2 + 2 * n_kv]]
+            rows = i[-1].tensor
+            return [
+                f32(decoder.text_decoder_step(s, i[0].tensor, i[1].tensor, kv, buffers, rows, d))
+            ]
 
         return {
             "embed": ([tokens], embed),
@@ -234,5 +245,5 @@ class MaxTextDecoder(BoundGraphs):
             ),
             "cross_kv": ([audio], lambda s, i: decoder.all_cross_kv(s, cast(i[0]), d)),
             "reorder": ([rows] + [cache] * n_kv, lambda s, i: reorder(i[0].tensor, i[1:])),
-            "step": ([tokens, offset] + [cross] * n_kv + [cache] * n_kv, step),
+            "step": ([tokens, offset] + [cross] * n_kv + [cache] * n_kv + [picked], step),
         }

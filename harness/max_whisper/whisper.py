@@ -137,7 +137,7 @@ class MaxDecodingTask(DecodingTask):
             SetUpModel(model.dims, model.is_multilingual, model.num_languages), options
         )
         self.model = model
-        self.inference = MaxInference(model.text_decoder)
+        self.inference = MaxInference(model.text_decoder, read=[self.sot_index])
         if options.beam_size is not None:
             self.decoder.inference = self.inference
 
