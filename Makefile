@@ -5,10 +5,11 @@ AUDIO ?=
 DEVICE ?= cpu
 DTYPE ?= float32
 CANDIDATE ?=
+WEIGHTS ?=
 GATE_MODEL := tiny.en
 BASELINE := fixtures/baseline-$(GATE_MODEL).json
 REPORT_ARGS = $(if $(MODEL),--model $(MODEL)) $(foreach a,$(AUDIO),--audio $(a)) --device $(DEVICE) \
-	--dtype $(DTYPE) $(if $(CANDIDATE),--candidate $(CANDIDATE))
+	--dtype $(DTYPE) $(if $(CANDIDATE),--candidate $(CANDIDATE)) $(foreach w,$(WEIGHTS),--weights $(w))
 
 .PHONY: install test test-fast bench parity-report gate baseline lint format fixtures-audio fixtures-speech \
 	fixture-model
