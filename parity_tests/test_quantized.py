@@ -111,6 +111,22 @@ def test_quantiser_is_exact_where_the_grid_is():
     assert np.array_equal(quantized.dequantize(quantized.quantize(values, "q4_0"), "q4_0"), values)
 
 
+def test_quantised_weights_are_kept_on_disk(tmp_path, monkeypatch):
+    """A second quantisation of the same bytes reads the first's file; other bytes get their own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal((64, 256)).astype(np.float32)
+    first = quantized.kept_quantize(weight, "q6_k")
+    kept = list((tmp_path / "max-whisper" / "quantized").glob("q6_k-*.npy"))
+    assert len(kept) == 1 and np.array_equal(first, quantized.quantize(weight, "q6_k"))
+    kept[0].write_bytes(b"")  # a read from the file, not a new quantisation, would now fail
+    with pytest.raises(EOFError):
+        quantized.kept_quantize(weight, "q6_k")
+    other = quantized.kept_quantize(weight + 1, "q6_k")
+    assert not np.array_equal(other, first)
+    assert len(list(kept[0].parent.glob("*.npy"))) == 2
+
+
 def test_modes_parse_and_name_graphs(engine, load_checkpoint):
     assert WeightsMode.parse("q4_0") == WeightsMode("q4_0", linear=True)
     assert WeightsMode.parse("float16:logits") == WeightsMode("float16", linear=False)

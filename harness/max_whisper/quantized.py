@@ -33,15 +33,20 @@ Reports on 16 clips: q6_k top-1 98.7%, max KL 0.020, 9 clips token-equal on tiny
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from max.dtype import DType
 from max.graph import TensorValue, Weight, ops
 from max.graph.quantization import QuantizationEncoding
+
+from harness.paths import cache_dir
 
 ENCODINGS = {
     "q4_0": QuantizationEncoding.Q4_0,
@@ -52,6 +57,7 @@ HALF = {"float16": DType.float16, "bfloat16": DType.bfloat16}
 TORCH_HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 MODES = ("float32", *HALF, *ENCODINGS)
 ROWS = 32  # MAX's q4_0/q4_k/q6_k kernels need a multiple of 32 output rows
+KEPT = 32  # quantised weights kept on disk, the newest (see kept_quantize)
 SUFFIX = re.compile(r"^(.*)\.(" + "|".join([*HALF, *ENCODINGS]) + r")$")
 
 
@@ -145,7 +151,32 @@ def layout(tensor: torch.Tensor, encoding: str) -> torch.Tensor:
     rows = padded_rows(w.shape[0])
     if rows > w.shape[0]:
         w = np.concatenate([w, np.zeros((rows - w.shape[0], w.shape[1]), np.float32)])
-    return torch.from_numpy(quantize(w, encoding))
+    return torch.from_numpy(kept_quantize(w, encoding))
+
+
+def kept_quantize(weight: np.ndarray, encoding: str) -> np.ndarray:
+    """``quantize``, its result kept on disk by the weight's bytes and this file's code.
+
+    q6_k's scale search takes ~6 s on tiny.en's token embedding; a new process (one
+    ``harness transcribe`` per clip) would otherwise pay it every time.
+    """
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    key = hashlib.blake2b(digest_size=12)
+    key.update(Path(__file__).read_bytes())
+    key.update(f"{encoding}{weight.shape}".encode())
+    key.update(weight.data)
+    path = cache_dir() / "max-whisper" / "quantized" / f"{encoding}-{key.hexdigest()}.npy"
+    if path.is_file():
+        return np.load(path)
+    packed = quantize(weight, encoding)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    with partial.open("wb") as file:  # np.save on a path would append .npy to the name
+        np.save(file, packed)
+    os.replace(partial, path)  # whole or absent, whoever else writes it
+    for stale in sorted(path.parent.glob("*.npy"), key=lambda p: p.stat().st_mtime)[:-KEPT]:
+        stale.unlink(missing_ok=True)
+    return packed
 
 
 def padded_rows(n_out: int) -> int:
