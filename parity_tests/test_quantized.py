@@ -112,7 +112,8 @@ def test_quantiser_is_exact_where_the_grid_is():
 
 
 def test_quantised_weights_are_kept_on_disk(tmp_path, monkeypatch):
-    """A second quantisation of the same bytes reads the first's file; other bytes get their own."""
+    """A second quantisation of the same bytes reads the first's file; other bytes get their own;
+    the least recently used files go beyond ``KEPT_BYTES``."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     rng = np.random.default_rng(5)
     weight = rng.standard_normal((64, 256)).astype(np.float32)
@@ -125,6 +126,13 @@ def test_quantised_weights_are_kept_on_disk(tmp_path, monkeypatch):
     other = quantized.kept_quantize(weight + 1, "q6_k")
     assert not np.array_equal(other, first)
     assert len(list(kept[0].parent.glob("*.npy"))) == 2
+    # beyond the byte limit the least recently used go, the newest stays
+    monkeypatch.setattr(quantized, "KEPT_BYTES", int(1.5 * other.nbytes))
+    quantized.kept_quantize(weight + 2, "q6_k")
+    assert len(list(kept[0].parent.glob("*.npy"))) == 1
+    assert np.array_equal(
+        quantized.kept_quantize(weight + 2, "q6_k"), quantized.quantize(weight + 2, "q6_k")
+    )
 
 
 def test_modes_parse_and_name_graphs(engine, load_checkpoint):

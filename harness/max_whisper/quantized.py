@@ -57,7 +57,7 @@ HALF = {"float16": DType.float16, "bfloat16": DType.bfloat16}
 TORCH_HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 MODES = ("float32", *HALF, *ENCODINGS)
 ROWS = 32  # MAX's q4_0/q4_k/q6_k kernels need a multiple of 32 output rows
-KEPT = 32  # quantised weights kept on disk, the newest (see kept_quantize)
+KEPT_BYTES = 1 << 30  # quantised weights kept on disk, least recently used dropped beyond
 SUFFIX = re.compile(r"^(.*)\.(" + "|".join([*HALF, *ENCODINGS]) + r")$")
 
 
@@ -158,7 +158,7 @@ def kept_quantize(weight: np.ndarray, encoding: str) -> np.ndarray:
     """``quantize``, its result kept on disk by the weight's bytes and this file's code.
 
     q6_k's scale search takes ~6 s on tiny.en's token embedding; a new process (one
-    ``harness transcribe`` per clip) would otherwise pay it every time.
+    ``harness transcribe`` per clip) would otherwise pay it every time. Base in q6_k is ~40 MB.
     """
     weight = np.ascontiguousarray(weight, dtype=np.float32)
     key = hashlib.blake2b(digest_size=12)
@@ -167,6 +167,7 @@ def kept_quantize(weight: np.ndarray, encoding: str) -> np.ndarray:
     key.update(weight.data)
     path = cache_dir() / "max-whisper" / "quantized" / f"{encoding}-{key.hexdigest()}.npy"
     if path.is_file():
+        os.utime(path)  # recently used: kept longest
         return np.load(path)
     packed = quantize(weight, encoding)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,8 +175,11 @@ def kept_quantize(weight: np.ndarray, encoding: str) -> np.ndarray:
     with partial.open("wb") as file:  # np.save on a path would append .npy to the name
         np.save(file, packed)
     os.replace(partial, path)  # whole or absent, whoever else writes it
-    for stale in sorted(path.parent.glob("*.npy"), key=lambda p: p.stat().st_mtime)[:-KEPT]:
-        stale.unlink(missing_ok=True)
+    kept = 0
+    for other in sorted(path.parent.glob("*.npy"), key=lambda p: p.stat().st_mtime, reverse=True):
+        kept += other.stat().st_size
+        if kept > KEPT_BYTES:
+            other.unlink(missing_ok=True)
     return packed
 
 
