@@ -91,9 +91,9 @@ def test_a_max_weights_mode_is_judged_by_its_own_limits():
 
 
 def test_a_weights_mode_without_limits_must_be_as_exact_as_float32():
-    """No mode goes ungated for want of an entry: q6_k has none, so it meets float32's."""
-    document = {"dtype": "float32", "peers": {"labels": {"max-q6_k": "MAX q6_k decoding"}}}
-    document["peers"]["max-q6_k"] = _mode("q6_k", 0.03, 0.75)
+    """No mode goes ungated for want of an entry: q4_0 has none, so it meets float32's."""
+    document = {"dtype": "float32", "peers": {"labels": {"max-q4_0": "MAX q4_0 decoding"}}}
+    document["peers"]["max-q4_0"] = _mode("q4_0", 0.03, 0.75)
     failures = verdict(document)["failures"]
-    assert failures[0].startswith("max-q6_k max_kl 0.03 > ")
-    assert failures[1] == "max-q6_k tokens_equal_fraction 0.75 < 1"
+    assert failures[0].startswith("max-q4_0 max_kl 0.03 > ")
+    assert failures[1] == "max-q4_0 tokens_equal_fraction 0.75 < 1"
