@@ -39,7 +39,7 @@ from max.graph import DeviceRef, Graph
 
 from harness.errors import HarnessError
 from harness.max_whisper.layers import Declared, declared_weights
-from harness.paths import cache_dir
+from harness.paths import cache_dir, evict_least_recent
 
 TORCH_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16}
 DTYPES = {"float32": DType.float32, "bfloat16": DType.bfloat16}
@@ -188,14 +188,9 @@ class Engine:
 
 
 def _evict(store: Path, limit: int) -> None:
-    """Drop the least recently used graphs until the store holds at most ``limit`` bytes."""
-    files = sorted(store.glob("*.mef"), key=lambda p: p.stat().st_mtime, reverse=True)
-    total = 0
-    for path in files:
-        total += path.stat().st_size
-        if total > limit:
-            path.unlink(missing_ok=True)
-            path.with_suffix(".json").unlink(missing_ok=True)
+    """Drop the least recently used graphs, and their weights, beyond ``limit`` bytes."""
+    for path in evict_least_recent(store.glob("*.mef"), limit):
+        path.with_suffix(".json").unlink(missing_ok=True)
 
 
 @cache

@@ -25,7 +25,8 @@ against PyTorch float32: float16 top-1 100%, max KL 9e-6; q6_k 100%, 0.030; q4_0
 (CTranslate2 int8: 98.7%, 0.042). Greedy tokens equal PyTorch's on the 12 real clips: float16
 12, q6_k 9, q4_0 9 (CTranslate2 int8 11); on base: 12, 11, 7 (11).
 
-Again on 2026-12-03, q6_k with the scale search, a quiet 2-core EPYC with AVX2 only: ms/token
+Again on 2026-12-03, q6_k with the scale search, a 2-core EPYC with AVX2 only, no other job of
+ours running (the host was busy that day): ms/token
 float32 7.97, float16 5.44, q6_k 4.04, q4_k 3.54, q4_0 3.04 (runs alternating, one process).
 Reports on 16 clips: q6_k top-1 98.7%, max KL 0.020, 9 clips token-equal on tiny.en; 100%,
 0.013, 11 on base (CTranslate2 int8: 98.7%, 0.030, 10; 98.75%, 0.088, 11).
@@ -46,7 +47,7 @@ from max.dtype import DType
 from max.graph import TensorValue, Weight, ops
 from max.graph.quantization import QuantizationEncoding
 
-from harness.paths import cache_dir
+from harness.paths import cache_dir, evict_least_recent
 
 ENCODINGS = {
     "q4_0": QuantizationEncoding.Q4_0,
@@ -175,11 +176,7 @@ def kept_quantize(weight: np.ndarray, encoding: str) -> np.ndarray:
     with partial.open("wb") as file:  # np.save on a path would append .npy to the name
         np.save(file, packed)
     os.replace(partial, path)  # whole or absent, whoever else writes it
-    kept = 0
-    for other in sorted(path.parent.glob("*.npy"), key=lambda p: p.stat().st_mtime, reverse=True):
-        kept += other.stat().st_size
-        if kept > KEPT_BYTES:
-            other.unlink(missing_ok=True)
+    evict_least_recent(path.parent.glob("*.npy"), KEPT_BYTES)
     return packed
 
 
