@@ -142,6 +142,9 @@ def test_report_times_pytorch_max_and_ctranslate2_side_by_side(report_dir):
         for peer in ("torch", "ct2-float32", "ct2-int8"):
             ratio = timed["median"][peer] / timed["median"]["max"]
             assert timed["speedup"]["max"][peer] == pytest.approx(ratio)
+            peer_runs, max_runs = timed["runs"][peer], timed["runs"]["max"]
+            rounds = [a / b for a, b in zip(peer_runs, max_runs, strict=True)]
+            assert timed["speedup_runs"]["max"][peer] == pytest.approx(rounds)
     assert speed["compile_s"]["cold"] is None and speed["compile_s"]["warm"] > 0
     assert all(speed["load_s"][engine] > 0 for engine in ["torch", "max", *engines[3:]])
     work = speed["end_to_end_work"]

@@ -78,6 +78,13 @@ def test_markdown_has_every_section_and_table(sample):
     assert "MAX speed-up" in text
 
 
+def test_speed_ups_show_the_range_of_the_rounds(sample):
+    encoder = sample["speed"]["encoder_ms"]
+    encoder["speedup"] = {"max": {"torch": 1.13}}
+    encoder["speedup_runs"] = {"max": {"torch": [1.3, 0.95, 1.1]}}
+    assert "| 1.13× (0.95–1.30×) |" in markdown(sample)
+
+
 def test_pretrained_weights_have_no_banner(sample):
     sample["model"]["weights"] = "pretrained"
     assert "WEIGHTS" not in markdown(sample)

@@ -53,6 +53,10 @@ def test_side_by_side_alternates_the_backends_and_reports_medians():
     assert result["median"] == {"torch": 70, "max": 80, "ct2-int8": 90}
     # every MAX mode against every peer: the peer's median over MAX's
     assert result["speedup"] == {"max": {"torch": 70 / 80, "ct2-int8": 90 / 80}}
+    # and round by round: run i of the peer over run i of MAX
+    assert result["speedup_runs"] == {
+        "max": {"torch": [40 / 50, 70 / 80, 100 / 110], "ct2-int8": [60 / 50, 90 / 80, 120 / 110]}
+    }
 
 
 # -- benchmarks (make bench) ---------------------------------------------------------------------

@@ -26,7 +26,10 @@ def speed_section(speed: dict[str, Any] | None) -> Section | None:
     rows = [Row((label, *(_median(speed[key], e) for e in engines))) for key, label in measures]
     bullets = [
         "Medians of the timed runs (min–max in brackets), after one warm-up; the engines' runs "
-        "take turns, same checkpoint, audio, device and thread count."
+        "take turns, same checkpoint, audio, device and thread count.",
+        "Speed-ups: the ratio of the medians, then in brackets the lowest and highest ratio of "
+        "one round (each engine's run i). A range that spans 1.00× is no lead: the machine's "
+        "noise is larger than the difference.",
     ]
     if "threads" in speed:
         bullets.append(f"CPU threads: {speed['threads']}")
@@ -74,11 +77,20 @@ def _speedup_table(speed: dict[str, Any], measures: list[tuple[str, str]]) -> Ta
     modes = [e for e in engines if e.startswith("max")]
     peers = [e for e in engines if not e.startswith("max")]
     rows = [
-        Row((f"{engines[mode]}, {label}", *(_times(speedup(speed[key], mode, p)) for p in peers)))
+        Row((f"{engines[mode]}, {label}", *(_ratio(speed[key], mode, p) for p in peers)))
         for mode in modes
         for key, label in measures
     ]
     return Table(("MAX speed-up (peer time / MAX time)", *(engines[p] for p in peers)), rows)
+
+
+def _ratio(measure: dict[str, Any], mode: str, peer: str) -> str:
+    """``1.13× (0.95–1.30×)``: the medians' ratio, then the lowest and highest round's."""
+    ratio = speedup(measure, mode, peer)
+    rounds = measure.get("speedup_runs", {}).get(mode, {}).get(peer)
+    if ratio is None or not rounds:
+        return _times(ratio)
+    return f"{_times(ratio)} ({min(rounds):.2f}–{_times(max(rounds))})"
 
 
 def _median(measure: dict[str, Any], engine: str) -> str:
