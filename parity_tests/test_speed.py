@@ -9,6 +9,7 @@ weights. The report's own speed section (``parity.json["speed"]``) is checked in
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from itertools import count
 
@@ -43,7 +44,7 @@ def test_side_by_side_alternates_the_backends_and_reports_medians():
 
     names = ("torch", "max", "ct2-int8")
     backends = {name: backend(name) for name in names}
-    result = side_by_side(backends, runs=3, scale=10, timed_inside=True)
+    result = side_by_side(backends, runs=3, scale=10, timed_inside=True, settle=0)
     assert calls == list(names) * 4  # one untimed warm-up each, then in turns
     assert result["runs"] == {
         "torch": [40, 70, 100],
@@ -57,6 +58,22 @@ def test_side_by_side_alternates_the_backends_and_reports_medians():
     assert result["speedup_runs"] == {
         "max": {"torch": [40 / 50, 70 / 80, 100 / 110], "ct2-int8": [60 / 50, 90 / 80, 120 / 110]}
     }
+
+
+def test_every_timed_call_starts_after_the_pause():
+    """MAX's threads spin on after a graph returns; the next engine must not share the cores."""
+    idle: list[float] = []
+    last = [time.perf_counter()]
+
+    def run() -> None:
+        idle.append(time.perf_counter() - last[0])
+        busy_until = time.perf_counter() + 0.002
+        while time.perf_counter() < busy_until:  # a call that keeps the CPU busy
+            pass
+        last[0] = time.perf_counter()
+
+    side_by_side({"torch": run, "max": run}, runs=2, warm=False, settle=0.05)
+    assert len(idle) == 4 and min(idle) >= 0.05
 
 
 # -- benchmarks (make bench) ---------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Every figure is the median of several timed runs after an untimed warm-up, and the backends'
 runs take turns (PyTorch, MAX, CTranslate2 float32, CTranslate2 int8, PyTorch, ...) so that a
-noisy neighbour on a shared machine slows all alike. The runs themselves are kept in the
+noisy neighbour on a shared machine slows all alike, each after a pause (``SETTLE_S``) so that
+no engine pays for the one before it. The runs themselves are kept in the
 document: the spread is part of the result. Ratios are given from every MAX mode to every peer.
 What each engine runs for each measure is in ``backends``.
 
@@ -63,6 +64,14 @@ from harness.speed.first_transcript import harness_command
 
 # 6 s of LibriVox: a clip a person transcribes with one command
 FIRST_TRANSCRIPT_CLIP = FIXTURES / "speech" / "librivox_0920.wav"
+
+# Idle time before each engine's turn. MAX's worker threads keep spinning after a graph returns:
+# in the 100 ms after a MAX decoding run the process burnt ~95 ms of CPU, ~14 ms after a 50 ms
+# pause, ~8 ms (the idle level) after 100 ms (MAX 26.7, 2 cores). CTranslate2's next call, a
+# 12-token generate on tiny.en, took ~340 ms right after MAX and ~215 ms after a 0.5 s pause.
+# Without the pause the engine after MAX is slowed by MAX's spinning, which inflated the first of
+# CTranslate2's two decoding calls and so shrank its marginal time per token.
+SETTLE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -199,9 +208,11 @@ def side_by_side(
     scale: float = 1.0,
     timed_inside: bool = False,
     warm: bool = True,
+    settle: float = SETTLE_S,
 ) -> dict[str, Any]:
     """Medians and runs of every backend, in turns, after one untimed call of each (``warm``;
-    False when the caller has made that call).
+    False when the caller has made that call). Each timed call starts after ``settle`` seconds
+    idle, so that it does not share the cores with the previous engine's spinning threads.
 
     ``timed_inside``: the callables return their own time (seconds), e.g. per token.
     """
@@ -210,6 +221,7 @@ def side_by_side(
     times: dict[str, list[float]] = {name: [] for name in backends}
     for _ in range(runs):
         for name, function in backends.items():
+            time.sleep(settle)
             start = time.perf_counter()
             inner = function()
             times[name].append((inner if timed_inside else time.perf_counter() - start) * scale)
