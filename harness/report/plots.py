@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from harness.compare.tolerances import Tolerances
 from harness.compare.verdict import limits_of
-from harness.report.speed_section import SPEED_ROWS, speedup
+from harness.report.speed_section import SPEED_ROWS, speedup, speedup_text
 
 BLUE, RED, GREY, ORANGE = "#1f77b4", "#d62728", "#555555", "#ff7f0e"
 GREEN, PURPLE = "#2ca02c", "#9467bd"
@@ -187,8 +187,7 @@ def speed_figure(speed: dict[str, Any] | None) -> Figure | None:
         axes.set_title(label, fontsize="medium")
         axes.tick_params(axis="x", labelrotation=30, labelsize="small")
         axes.margins(y=0.15)
-        ratio = speedup(speed[key], "max", "torch")
-        if ratio is not None:
-            axes.set_xlabel(f"MAX vs PyTorch {ratio:.2f}×", fontsize="small")
+        if speedup(speed[key], "max", "torch") is not None:
+            axes.set_xlabel(f"MAX vs PyTorch {speedup_text(speed[key])}", fontsize="small")
     figure.suptitle(f"Speed, lower is better ({speed.get('threads', '?')} CPU threads)")
     return figure

@@ -1,6 +1,6 @@
 """The report's speed section: each engine's median timings side by side and how many times
 faster each MAX mode is than each peer. ``SPEED_ROWS`` and ``speedup`` are also what plots.py
-draws speed.png from, so the table and the figure name and read the measures alike.
+draws speed.png from (with ``speedup_text``), so the table and the figure read the measures alike.
 """
 
 from __future__ import annotations
@@ -77,14 +77,14 @@ def _speedup_table(speed: dict[str, Any], measures: list[tuple[str, str]]) -> Ta
     modes = [e for e in engines if e.startswith("max")]
     peers = [e for e in engines if not e.startswith("max")]
     rows = [
-        Row((f"{engines[mode]}, {label}", *(_ratio(speed[key], mode, p) for p in peers)))
+        Row((f"{engines[mode]}, {label}", *(speedup_text(speed[key], mode, p) for p in peers)))
         for mode in modes
         for key, label in measures
     ]
     return Table(("MAX speed-up (peer time / MAX time)", *(engines[p] for p in peers)), rows)
 
 
-def _ratio(measure: dict[str, Any], mode: str, peer: str) -> str:
+def speedup_text(measure: dict[str, Any], mode: str = "max", peer: str = "torch") -> str:
     """``1.13× (0.95–1.30×)``: the medians' ratio, then the lowest and highest round's."""
     ratio = speedup(measure, mode, peer)
     rounds = measure.get("speedup_runs", {}).get(mode, {}).get(peer)
