@@ -25,7 +25,7 @@ from max.driver import Buffer
 from max.dtype import DType
 from max.graph import BufferType, DeviceRef, Graph, TensorType, Value, ops
 
-from harness.max_whisper import decoder
+from harness.max_whisper import decoder, greedy
 from harness.max_whisper.engine import to_numpy
 from harness.max_whisper.graphs import BoundGraphs
 from harness.max_whisper.layers import Declared, Scope
@@ -85,8 +85,15 @@ class MaxTextDecoder(BoundGraphs):
     def logits(
         self, tokens: np.ndarray, audio_features: np.ndarray, rows: Sequence[int] | None = None
     ) -> np.ndarray:
+        """``step``'s logits as a host array."""
+        return to_numpy(self.step(tokens, audio_features, rows))
+
+    def step(
+        self, tokens: np.ndarray, audio_features: np.ndarray, rows: Sequence[int] | None = None
+    ) -> Buffer:
         """Logits (batch, n, vocab) of the ``n`` new ``tokens`` at positions ``offset ..``; with
-        ``rows`` (indices into the new tokens), (batch, len(rows), vocab) of those only.
+        ``rows`` (indices into the new tokens), (batch, len(rows), vocab) of those only. They
+        stay where MAX wrote them, for ``select`` or ``to_numpy``.
 
         The first call after ``reset`` computes the cross K/V of ``audio_features`` (batch or
         1 rows, repeated to the tokens' batch as openai-whisper broadcasts them); later calls
@@ -113,7 +120,20 @@ class MaxTextDecoder(BoundGraphs):
         )
         self.offset += n
         self._settle()
-        return to_numpy(outputs[0])
+        return outputs[0]
+
+    def select(
+        self, logits: Buffer, suppress: Buffer, bounds: np.ndarray, timestamp_begin: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Greedy decoding's next tokens (batch,) and their log-probabilities (batch,) from the
+        last row of ``step``'s logits, under openai-whisper's logit filters (``greedy.py``)."""
+        outputs = self.model("select", "decoder.").execute(
+            logits,
+            suppress,
+            self.engine.to_device(bounds),
+            Buffer.scalar(timestamp_begin, DType.int64),
+        )
+        return to_numpy(outputs[0]), to_numpy(outputs[1])
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
         """Row ``b`` of the self-attention cache becomes old row ``source_indices[b]``.
@@ -168,6 +188,8 @@ class MaxTextDecoder(BoundGraphs):
 
     def shape(self, kind: str) -> str:
         d = self.dims
+        if kind == "select":
+            return f"v{d.n_vocab}"
         shape = f"v{d.n_vocab}c{d.n_text_ctx}s{d.n_text_state}h{d.n_text_head}"
         if kind in ("block", "cross_kv", "step"):
             shape += f"a{d.n_audio_ctx}"
@@ -176,7 +198,10 @@ class MaxTextDecoder(BoundGraphs):
         return shape
 
     def graph_name(self, kind: str) -> str:
-        """As every graph's, plus the weights mode for the step (nothing for float32)."""
+        """As every graph's, plus the weights mode for the step (nothing for float32). The
+        selection has no weights and no planted fault: one graph per vocabulary size."""
+        if kind == "select":
+            return f"whisper_{self.family}_select_{self.shape(kind)}"
         return super().graph_name(kind) + (self.weights_mode.tag if kind == "step" else "")
 
     def graph(self, kind: str) -> Graph:
@@ -205,6 +230,10 @@ class MaxTextDecoder(BoundGraphs):
         cache = BufferType(dtype, ["batch", d.n_text_head, d.n_text_ctx, head_dim], device)
         rows = TensorType(DType.int64, ["batch"], device)
         picked = TensorType(DType.int64, ["rows"], device)  # the step's positions with logits
+        scores = TensorType(DType.float32, ["batch", "rows", d.n_vocab], device)  # step's logits
+        suppress = TensorType(DType.float32, [d.n_vocab], device)
+        bounds = TensorType(DType.int64, ["batch", "ranges", 2], device)
+        begin = TensorType(DType.int64, [], DeviceRef.CPU())
         n_kv = 2 * d.n_text_layer
 
         def f32(x):
@@ -246,4 +275,8 @@ class MaxTextDecoder(BoundGraphs):
             "cross_kv": ([audio], lambda s, i: decoder.all_cross_kv(s, cast(i[0]), d)),
             "reorder": ([rows] + [cache] * n_kv, lambda s, i: reorder(i[0].tensor, i[1:])),
             "step": ([tokens, offset] + [cross] * n_kv + [cache] * n_kv + [picked], step),
+            "select": (
+                [scores, suppress, bounds, begin],
+                lambda s, i: greedy.selection(*(x.tensor for x in i), device),
+            ),
         }

@@ -22,8 +22,10 @@ from whisper.decoding import DecodingOptions, DecodingResult, DecodingTask, dete
 from whisper.model import ModelDimensions
 
 from harness.inputs.checkpoints import Checkpoint
+from harness.max_whisper import greedy
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
 from harness.max_whisper.engine import Engine
+from harness.max_whisper.greedy import GreedyRules
 from harness.max_whisper.inference import MaxInference
 from harness.max_whisper.mel import MaxLogMel
 from harness.max_whisper.text_decoder import MaxTextDecoder
@@ -140,6 +142,16 @@ class MaxDecodingTask(DecodingTask):
         self.inference = MaxInference(model.text_decoder, read=[self.sot_index])
         if options.beam_size is not None:
             self.decoder.inference = self.inference
+        self.rules = GreedyRules.of(self, model.dims.n_vocab)
+
+    def _main_loop(
+        self, audio_features: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        """Greedy at temperature 0: ``greedy.main_loop``, each token chosen in MAX. Otherwise
+        (beam search, sampling) openai-whisper's loop over ``MaxInference``."""
+        if self.rules is None:
+            return super()._main_loop(audio_features, tokens)
+        return greedy.main_loop(self, self.model.text_decoder, self.rules, audio_features, tokens)
 
 
 def transcribe(

@@ -1,0 +1,129 @@
+"""Greedy decoding's per-token choice in MAX (``greedy.py``) against openai-whisper's own loop.
+
+Two levels: one step on the same logits (openai-whisper's logit filters and ``GreedyDecoder``
+in PyTorch vs the ``select`` graph), over token histories that reach every timestamp rule; and
+whole transcriptions of real speech through both loops on the same MAX model.
+"""
+
+import numpy as np
+import pytest
+import torch
+from whisper.decoding import DecodingOptions, DecodingTask, GreedyDecoder
+
+from harness.compare.transcripts import transcription_language
+from harness.inputs.audio import load_audio
+from harness.max_whisper.greedy import GreedyRules
+from harness.max_whisper.text_decoder import MaxTextDecoder
+from harness.max_whisper.whisper import MaxDecodingTask, MaxWhisper, transcribe
+from harness.paths import FIXTURES
+
+OPTIONS = {
+    "timestamps": DecodingOptions(fp16=False),  # transcribe's: max_initial_timestamp 1 s
+    "no initial limit": DecodingOptions(fp16=False, max_initial_timestamp=None),
+    "without timestamps": DecodingOptions(fp16=False, without_timestamps=True),
+    "no suppression": DecodingOptions(fp16=False, suppress_blank=False, suppress_tokens=""),
+}
+# The same log-probability from log_softmax in PyTorch and in MAX: float32 round-off.
+LOGPROB_ATOL = 1e-5
+# Two windows of LibriVox reading: timestamps, a second window's prompt, segments.
+CLIP = FIXTURES / "speech" / "librivox_window.wav"
+
+
+@pytest.fixture(scope="module")
+def model(engine, load_checkpoint):
+    checkpoint = load_checkpoint("tiny.en")
+    return checkpoint, MaxWhisper(checkpoint, engine)
+
+
+def histories(task: DecodingTask) -> list[list[int]]:
+    """Sampled tokens that reach each of ``ApplyTimestampRules``' branches (and the first step,
+    where ``SuppressBlank`` and the initial-timestamp rules apply)."""
+    begin, text = task.tokenizer.timestamp_begin, 440
+    return [
+        [],
+        [begin + 3],
+        [begin + 3, text],
+        [begin + 3, text, begin + 9],
+        [begin + 3, text, begin + 9, begin + 9],
+        [begin + 3, text, text, begin + 12, begin + 12, text],
+        [text, text],
+    ]
+
+
+def reference_choice(task: DecodingTask, logits: torch.Tensor, tokens: torch.Tensor):
+    """openai-whisper's filters and greedy update, as its ``_main_loop`` runs them."""
+    logits = logits.clone()
+    for logit_filter in task.logit_filters:
+        logit_filter.apply(logits, tokens)
+    sum_logprobs = torch.zeros(tokens.shape[0])
+    chosen, _ = GreedyDecoder(0.0, task.tokenizer.eot).update(tokens, logits, sum_logprobs)
+    return chosen[:, -1].numpy(), sum_logprobs.numpy()
+
+
+@pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
+def test_select_chooses_as_openai_whisper_filters_and_greedy_decoder(model, options):
+    _, candidate = model
+    task = MaxDecodingTask(candidate, options)
+    assert task.rules is not None
+    decoder: MaxTextDecoder = candidate.text_decoder
+    vocab = candidate.dims.n_vocab
+    begin = task.tokenizer.timestamp_begin
+    suppress = decoder.engine.to_device(task.rules.suppress)
+    generator = torch.Generator().manual_seed(0)
+    timestamp_won = 0
+    for sampled in histories(task):
+        tokens = torch.tensor([list(task.initial_tokens) + sampled] * 3)
+        logits = 3 * torch.randn(3, vocab, generator=generator)
+        # row 1: one text token is the likeliest, but the timestamps' total mass beats it
+        logits[1] = torch.randn(vocab, generator=generator)
+        logits[1, begin:], logits[1, 1000] = 0.0, 5.0
+        logits[2, :begin] += 6  # row 2: a text token beats the timestamps
+        expected, expected_logprobs = reference_choice(task, logits, tokens)
+        got, logprobs = decoder.select(
+            decoder.engine.to_device(logits[:, None, :].numpy()),
+            suppress,
+            task.rules.bounds(tokens.tolist(), vocab),
+            task.rules.timestamp_begin(vocab),
+        )
+        assert got.tolist() == expected.tolist(), sampled
+        np.testing.assert_allclose(logprobs, expected_logprobs, rtol=0, atol=LOGPROB_ATOL)
+        timestamp_won += int(expected[1] >= begin > logits[1].argmax())
+    if not options.without_timestamps:
+        assert timestamp_won > 0  # the timestamp-mass rule changed a choice
+
+
+def test_beam_search_and_sampling_keep_openai_whisper_loop(model):
+    _, candidate = model
+    for options in (DecodingOptions(beam_size=2), DecodingOptions(temperature=0.4, best_of=2)):
+        assert MaxDecodingTask(candidate, options).rules is None
+    assert GreedyRules.of(MaxDecodingTask(candidate, DecodingOptions()), 51864) is not None
+
+
+def test_transcripts_through_both_loops_are_the_same(model, monkeypatch):
+    """The same MAX model, audio file to text, through ``greedy.main_loop`` and through
+    openai-whisper's ``_main_loop``: tokens, timestamps and scores."""
+    checkpoint, candidate = model
+    audio = load_audio(CLIP)
+    language = transcription_language(checkpoint)
+    selections = []
+    select = MaxTextDecoder.select
+    monkeypatch.setattr(
+        MaxTextDecoder, "select", lambda self, *a: selections.append(1) or select(self, *a)
+    )
+    fused = transcribe(candidate, audio, language)
+    fused_selections = len(selections)
+    assert fused_selections >= len(fused.tokens) > 0  # every token was chosen in MAX
+    monkeypatch.setattr(MaxDecodingTask, "_main_loop", DecodingTask._main_loop)
+    plain = transcribe(candidate, audio, language)
+    assert len(selections) == fused_selections  # openai-whisper's loop chose in PyTorch
+    assert fused.tokens == plain.tokens
+    assert len(fused.segments) == len(plain.segments) > 1
+    for ours, theirs in zip(fused.segments, plain.segments, strict=True):
+        assert (ours["seek"], ours["start"], ours["end"]) == (
+            theirs["seek"],
+            theirs["start"],
+            theirs["end"],
+        )
+        assert ours["avg_logprob"] == pytest.approx(theirs["avg_logprob"], abs=LOGPROB_ATOL)
+        assert ours["no_speech_prob"] == pytest.approx(theirs["no_speech_prob"], abs=1e-6)
+        assert ours["temperature"] == theirs["temperature"] == 0.0
