@@ -22,6 +22,9 @@ OPTIONS = {
     "no initial limit": DecodingOptions(fp16=False, max_initial_timestamp=None),
     "without timestamps": DecodingOptions(fp16=False, without_timestamps=True),
     "no suppression": DecodingOptions(fp16=False, suppress_blank=False, suppress_tokens=""),
+    "no filter at all": DecodingOptions(
+        fp16=False, suppress_blank=False, suppress_tokens="", without_timestamps=True
+    ),
 }
 # The same log-probability from log_softmax in PyTorch and in MAX: float32 round-off.
 LOGPROB_ATOL = 1e-5

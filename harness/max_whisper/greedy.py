@@ -132,7 +132,7 @@ class GreedyRules:
         """``SuppressBlank`` and ``ApplyTimestampRules`` for one row, their masks as ranges."""
         sampled = sequence[self.sample_begin :]
         at_begin = not sampled
-        ranges = [(t, t + 1) for t in self.blank] if at_begin else [NO_RANGE]
+        ranges = [NO_RANGE] + ([(t, t + 1) for t in self.blank] if at_begin else [])
         if self.timestamps is None:
             return ranges
         tokenizer = self.timestamps.tokenizer
