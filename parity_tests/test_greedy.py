@@ -26,7 +26,8 @@ OPTIONS = {
         fp16=False, suppress_blank=False, suppress_tokens="", without_timestamps=True
     ),
 }
-# The same log-probability from log_softmax in PyTorch and in MAX: float32 round-off.
+# The same log-probability from log_softmax in PyTorch and in MAX: float32 round-off, measured
+# at most 4.8e-7 over these cases (logits of scale ~10); 1e-5 is ~20x that.
 LOGPROB_ATOL = 1e-5
 # Two windows of LibriVox reading: timestamps, a second window's prompt, segments.
 CLIP = FIXTURES / "speech" / "librivox_window.wav"
