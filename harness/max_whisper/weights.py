@@ -2,8 +2,9 @@
 
 MAX graphs declare weights under openai-whisper's own names; only the layout differs:
 ``nn.Linear`` weights are stored pre-transposed to (in, out) because transposing a runtime
-weight inside the graph is slow, and ``nn.Conv1d`` weights (out, in, k) become conv2d's RSCF
-(1, k, in, out). Everything else (layer norms, biases, embeddings) is used as is.
+weight inside the graph is slow, and ``nn.Conv1d`` weights (out, in, k) become RSCF
+(1, k, in, out), which the encoder reads as the (k·in, out) matrix of its im2col product.
+Everything else (layer norms, biases, embeddings) is used as is.
 
 A name with an encoding suffix (``token_embedding.weight.q4_0``, ``mlp.0.weight.float16``) is a
 decoding step's copy of that matrix in (n_out, n_in) layout, stored in that encoding
