@@ -7,19 +7,17 @@ output (chained).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import numpy as np
-import torch
 from max.dtype import DType
-from max.graph import Graph, TensorType, TensorValue, ops
+from max.graph import Graph, Module, TensorType, TensorValue, ops
 
 from harness.errors import HarnessError
 from harness.max_whisper import encoder
 from harness.max_whisper.engine import to_numpy
 from harness.max_whisper.graphs import BoundGraphs
-from harness.max_whisper.layers import Declared, Scope
-from harness.max_whisper.weights import registry
+from harness.max_whisper.layers import Scope
 from harness.stages import Stage, encoder_stages
 
 
@@ -27,6 +25,7 @@ class MaxAudioEncoder(BoundGraphs):
     """openai-whisper's ``AudioEncoder`` run by MAX Engine, stage by stage or fused."""
 
     family = "encoder"
+    units = (("conv1", "conv2", "block", "ln_post"),)
 
     def stages(self) -> list[Stage]:
         return encoder_stages(self.dims.n_audio_layer)
@@ -59,22 +58,12 @@ class MaxAudioEncoder(BoundGraphs):
         model = self.model(kind, prefix)
         return to_numpy(model.execute(self.engine.to_device(np.ascontiguousarray(x)))[0])
 
-    def weights(
-        self, kind: str, prefix: str, declared: Mapping[str, Declared]
-    ) -> dict[str, torch.Tensor]:
-        """The fused graph reads every weight under ``prefix``, the blocks' through subgraph
-        calls, whose weights are declared once, unprefixed, in the block subgraph."""
-        if kind != "encoder":
-            return super().weights(kind, prefix, declared)
-        names = [k.removeprefix(prefix) for k in self.state_dict if k.startswith(prefix)]
-        return registry(self.state_dict, prefix, names, self.dtype)
-
     def shape(self, kind: str) -> str:
         d = self.dims
         shape = f"m{d.n_mels}c{d.n_audio_ctx}s{d.n_audio_state}h{d.n_audio_head}"
         return shape + f"l{d.n_audio_layer}" if kind == "encoder" else shape
 
-    def graph(self, kind: str) -> Graph:
+    def graph(self, kind: str, module: Module | None = None) -> Graph:
         """The uncompiled graph of one kind of stage (``conv1`` ... ``ln_post``) or ``encoder``."""
         d, dtype = self.dims, self.engine.dtype
         frames = 2 * d.n_audio_ctx
@@ -84,9 +73,9 @@ class MaxAudioEncoder(BoundGraphs):
             "conv2": ["batch", frames, d.n_audio_state],
         }.get(kind, ["batch", d.n_audio_ctx, d.n_audio_state])
         build = self._builders()[kind]
-        scope = Scope("", dtype, self.engine.device_ref, self.variant)
+        scope = Scope.of(kind, dtype, self.engine.device_ref, self.variant)
         input_type = TensorType(DType.float32, input_shape, scope.device)
-        with Graph(self.graph_name(kind), input_types=[input_type]) as graph:
+        with Graph(self.graph_name(kind), input_types=[input_type], module=module) as graph:
             x = ops.cast(graph.inputs[0].tensor, dtype)
             graph.output(ops.cast(build(scope, x), DType.float32))
         return graph

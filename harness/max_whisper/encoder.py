@@ -16,6 +16,7 @@ from whisper.model import ModelDimensions
 from harness.max_whisper.layers import (
     Scope,
     attention,
+    declare_call,
     gelu,
     layer_norm,
     linear,
@@ -92,8 +93,10 @@ def audio_encoder(scope: Scope, mel: TensorValue, dims: ModelDimensions) -> Tens
         "residual_attention_block", input_types=[x.type], devices=[scope.device]
     )
     with block:
-        inner = replace(scope, prefix="", placeholder=True)
+        inner = replace(scope, prefix="", namespace="", placeholder=True)
         block.output(residual_attention_block(inner, block.inputs[0].tensor, dims.n_audio_head))
     for i in range(dims.n_audio_layer):
-        x = ops.call(block, x, prefix=(scope / "blocks" / i).prefix + ".")[0].tensor
+        prefix = (scope / "blocks" / i).prefix + "."
+        declare_call(block, prefix)
+        x = ops.call(block, x, prefix=scope.namespace + prefix)[0].tensor
     return ln_post(scope, x)

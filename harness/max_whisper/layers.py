@@ -58,6 +58,14 @@ def declared_weights(graph: Graph) -> dict[str, Declared]:
     }
 
 
+def declare_call(subgraph: Graph, prefix: str) -> None:
+    """Record as the current graph's the weights that a call of ``subgraph`` with ``prefix``
+    reads (``ops.call`` puts the prefix before its weights' names): what binding must give."""
+    declared = _DECLARED.setdefault(Graph.current, {})
+    for name, weight in _DECLARED.get(subgraph, {}).items():
+        declared.setdefault(prefix + name, weight)
+
+
 def check_bound(
     declared: Mapping[str, Declared], weights: Mapping[str, torch.Tensor], graph_name: str
 ) -> None:
@@ -93,6 +101,14 @@ class Scope:
     placeholder: bool = False  # inside a subgraph: names get the caller's prefix (ops.call)
     few_rows: bool = False  # decoding: linear weights as stored, (out, in), see ``linear``
     weights_mode: WeightsMode = FLOAT32  # decoding: how the matrices are stored (quantized.py)
+    namespace: str = ""  # before every weight's name in MAX: ``<kind>/`` (engine.GraphSpec)
+
+    @classmethod
+    def of(cls, kind: str, dtype: DType, device: DeviceRef, variant: Variant) -> Scope:
+        """The root scope of a graph of ``kind``: its weights under ``<kind>/``, which keeps
+        them apart from the other graphs of its MAX module, and is the same in every variant,
+        so that a fault's unchanged graphs are the faithful ones (``Engine.compile_together``)."""
+        return cls("", dtype, device, variant, namespace=f"{kind}/")
 
     def __truediv__(self, name: str | int) -> Scope:
         return replace(self, prefix=f"{self.prefix}.{name}" if self.prefix else str(name))
@@ -111,7 +127,7 @@ class Scope:
         declared = _DECLARED.setdefault(Graph.current, {})
         if full not in declared:
             declared[full] = Weight(
-                full,
+                self.namespace + full,
                 dtype or self.dtype,
                 shape,
                 self.device,

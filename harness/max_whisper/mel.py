@@ -33,12 +33,13 @@ import numpy as np
 import torch
 from max.dtype import DType
 from max.engine import Model
-from max.graph import DeviceRef, Dim, Graph, TensorType, TensorValue, Weight, ops
+from max.graph import Dim, Graph, Module, TensorType, TensorValue, ops
 from whisper.audio import HOP_LENGTH, N_FFT, mel_filters
 
 from harness.errors import HarnessError
-from harness.max_whisper.engine import Engine, to_numpy
+from harness.max_whisper.engine import Engine, GraphSpec, to_numpy
 from harness.max_whisper.graphs import source_digest
+from harness.max_whisper.layers import Scope
 from harness.max_whisper.variant import FAITHFUL, Variant
 
 N_BINS = N_FFT // 2 + 1  # rfft bins, DC to Nyquist
@@ -78,19 +79,17 @@ def _leading(x: TensorValue, start: int, length: Dim) -> TensorValue:
     return ops.slice_tensor(x, [(slice(start, stop), length)])
 
 
-def log_mel(x: TensorValue, n_mels: int, device: DeviceRef, variant: Variant) -> TensorValue:
+def log_mel(scope: Scope, x: TensorValue, n_mels: int) -> TensorValue:
     """(samples,) float32 waveform -> (n_mels, samples // HOP_LENGTH) log-mel, as whisper."""
     n_frames = x.shape[0] // HOP_LENGTH
     padded = ops.pad(x, [CENTER_PAD, CENTER_PAD], mode="reflect")
-    spectrum = frames(padded, n_frames) @ Weight(
-        "dft_basis", DType.float32, [N_FFT, 2 * N_BINS], device
-    )
+    spectrum = frames(padded, n_frames) @ scope.weight("dft_basis", [N_FFT, 2 * N_BINS])
     re = spectrum[:, :N_BINS]
     im = spectrum[:, N_BINS:]
     power = re * re + im * im
-    mel = power @ Weight("mel_filters", DType.float32, [N_BINS, n_mels], device)
+    mel = power @ scope.weight("mel_filters", [N_BINS, n_mels])
     log_spec = ops.log(ops.max(mel, 1e-10)) * (1 / math.log(10))
-    if variant.mel_log_clamp:
+    if scope.variant.mel_log_clamp:
         peak = ops.max(ops.max(log_spec, axis=1), axis=0)
         log_spec = ops.max(log_spec, peak - 8.0)
     return ops.transpose((log_spec + 4.0) / 4.0, 0, 1)
@@ -126,16 +125,21 @@ class MaxLogMel:
     @property
     def model(self) -> Model:
         if self._model is None:
-            recipe = json.dumps([self.graph_name, source_digest()])
-            compiled = self.engine.compile(self._graph, self.graph_name, recipe)
+            self.engine.compile_together([self.spec])
             filters = mel_filters("cpu", self.n_mels).T.contiguous()
             weights = {"dft_basis": torch.from_numpy(dft_basis()), "mel_filters": filters}
-            self._model = self.engine.init(compiled, weights)
+            self._model = self.engine.bind(self.graph_name, weights)
         return self._model
 
-    def _graph(self) -> Graph:
+    @property
+    def spec(self) -> GraphSpec:
+        recipe = json.dumps([self.graph_name, source_digest()])
+        return GraphSpec(self.graph_name, "mel", self._graph, recipe)
+
+    def _graph(self, module: Module) -> Graph:
         device = self.engine.device_ref
+        scope = Scope.of("mel", DType.float32, device, self.variant)
         input_type = TensorType(DType.float32, ["samples"], device)
-        with Graph(self.graph_name, input_types=[input_type]) as graph:
-            graph.output(log_mel(graph.inputs[0].tensor, self.n_mels, device, self.variant))
+        with Graph(self.graph_name, input_types=[input_type], module=module) as graph:
+            graph.output(log_mel(scope, graph.inputs[0].tensor, self.n_mels))
         return graph

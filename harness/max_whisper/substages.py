@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 from max.dtype import DType
-from max.graph import DeviceRef, Graph, TensorType, TensorValue, ops
+from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, ops
 from whisper.model import ModelDimensions
 
 from harness.max_whisper import decoder, encoder
@@ -27,6 +27,7 @@ class MaxSubStages(BoundGraphs):
     """The sub-modules of MAX's blocks, one small graph per kind, for ``variant``."""
 
     family = "sub"
+    units = (("ln", "attn", "mlp", "masked_attn", "cross_attn"),)
 
     def run(self, block: Stage, sub_stage: str, x: np.ndarray, xa: np.ndarray | None) -> np.ndarray:
         """Sub-module ``sub_stage`` (``attn_ln``, ``attn`` ...) of the block stage ``block``."""
@@ -47,15 +48,15 @@ class MaxSubStages(BoundGraphs):
         d = self.dims
         return f"s{d.n_audio_state}h{d.n_audio_head}a{d.n_audio_ctx}"
 
-    def graph(self, kind: str) -> Graph:
+    def graph(self, kind: str, module: Module | None = None) -> Graph:
         """float32 in and out whatever the model dtype, like the stage graphs."""
         d, dtype = self.dims, self.engine.dtype
-        scope = Scope("", dtype, self.engine.device_ref, self.variant)
+        scope = Scope.of(kind, dtype, self.engine.device_ref, self.variant)
         state = TensorType(DType.float32, ["batch", "ctx", d.n_text_state], scope.device)
         audio = TensorType(DType.float32, ["batch", d.n_audio_ctx, d.n_audio_state], scope.device)
         build = _builders(d)[kind]
         input_types = [state, audio] if kind == "cross_attn" else [state]
-        with Graph(self.graph_name(kind), input_types=input_types) as graph:
+        with Graph(self.graph_name(kind), input_types=input_types, module=module) as graph:
             inputs = [ops.cast(value.tensor, dtype) for value in graph.inputs]
             graph.output(ops.cast(build(scope, *inputs), DType.float32))
         return graph

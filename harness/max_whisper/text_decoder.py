@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from max.driver import Buffer
 from max.dtype import DType
-from max.graph import BufferType, DeviceRef, Graph, TensorType, Value, ops
+from max.graph import BufferType, DeviceRef, Graph, Module, TensorType, Value, ops
 
 from harness.max_whisper import decoder, greedy
 from harness.max_whisper.engine import to_numpy
@@ -47,6 +47,7 @@ class MaxTextDecoder(BoundGraphs):
     """
 
     family = "decoder"
+    units = (("embed", "block", "ln", "logits"), ("cross_kv", "step", "select"))
     # the decoding state, set per instance by reset() and the first logits() call
     offset: int = 0
     _kv: list[Buffer] | None = None
@@ -204,13 +205,13 @@ class MaxTextDecoder(BoundGraphs):
             return f"whisper_{self.family}_select_{self.shape(kind)}"
         return super().graph_name(kind) + (self.weights_mode.tag if kind == "step" else "")
 
-    def graph(self, kind: str) -> Graph:
-        scope = Scope("", self.engine.dtype, self.engine.device_ref, self.variant)
+    def graph(self, kind: str, module: Module | None = None) -> Graph:
+        scope = Scope.of(kind, self.engine.dtype, self.engine.device_ref, self.variant)
         scope = replace(scope, few_rows=kind in FEW_ROWS)
         if kind == "step":
             scope = replace(scope, weights_mode=self.weights_mode)
         input_types, build = self._builders(scope)[kind]
-        with Graph(self.graph_name(kind), input_types=input_types) as graph:
+        with Graph(self.graph_name(kind), input_types=input_types, module=module) as graph:
             graph.output(*build(scope, graph.inputs))
         return graph
 
