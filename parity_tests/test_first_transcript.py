@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from max.dtype import DType
-from max.graph import DeviceRef, Graph, TensorType
+from max.graph import DeviceRef, Graph, Module, TensorType
 from whisper.model import AudioEncoder, TextDecoder
 
 from harness.errors import HarnessError
@@ -24,8 +24,8 @@ from harness.inputs.audio import load_audio
 from harness.inputs.synthetic import official_dims
 from harness.inputs.validation import expected_shapes
 from harness.max_whisper import engine as engine_module
-from harness.max_whisper.engine import Engine
-from harness.max_whisper.layers import Declared
+from harness.max_whisper.engine import Engine, GraphSpec, to_numpy
+from harness.max_whisper.layers import Declared, Scope
 from harness.max_whisper.mel import MaxLogMel
 from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.max_whisper.variant import FAITHFUL, Variant
@@ -170,6 +170,40 @@ def _graph(name: str, scale: float) -> Graph:
     with Graph(name, input_types=[TensorType(DType.float32, [3], DeviceRef.CPU())]) as graph:
         graph.output(graph.inputs[0].tensor * scale)
     return graph
+
+
+def _weighted(name: str, kind: str, twice: bool = False) -> GraphSpec:
+    """x * w, or x * w * 2: a graph with one weight, ``w``."""
+
+    def build(module: Module) -> Graph:
+        scope = Scope.of(kind, DType.float32, DeviceRef.CPU(), FAITHFUL)
+        input_types = [TensorType(DType.float32, [3], DeviceRef.CPU())]
+        with Graph(name, input_types=input_types, module=module) as graph:
+            x = graph.inputs[0].tensor * scope.weight("w", [3])
+            graph.output(x * 2.0 if twice else x)
+        return graph
+
+    return GraphSpec(name, kind, build, recipe=f"{name} {kind} {twice}")
+
+
+def test_a_unit_binds_each_of_its_graphs_and_a_graph_of_the_same_mlir_through_it(tmp_path):
+    engine = Engine(store=tmp_path)
+    x, w = np.arange(3, dtype=np.float32), torch.tensor([1.0, 2.0, 3.0])
+
+    def run(name: str) -> np.ndarray:
+        return to_numpy(engine.bind(name, {"w": w}).execute(engine.to_device(x))[0])
+
+    engine.compile_together([_weighted("a", "scale"), _weighted("b", "twice", twice=True)])
+    engine.compile_together([_weighted("a_again", "scale"), _weighted("c", "scale", twice=True)])
+    assert list(engine.compile_seconds) == ["a + b", "c"]
+    assert engine.aliases == {"a_again": "a"}
+    np.testing.assert_array_equal(run("a"), x * w.numpy())
+    np.testing.assert_array_equal(run("a_again"), x * w.numpy())
+    np.testing.assert_array_equal(run("b"), 2 * x * w.numpy())
+    np.testing.assert_array_equal(run("c"), 2 * x * w.numpy())
+    again = Engine(store=tmp_path)
+    again.compile_together([_weighted("a", "scale"), _weighted("b", "twice", twice=True)])
+    assert again.loaded == {"a", "b"}
 
 
 def test_the_store_tells_graphs_apart_by_their_whole_body(tmp_path):

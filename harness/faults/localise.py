@@ -3,8 +3,9 @@
 ``localise`` runs the parity comparison with isolated inputs (every MAX stage fed PyTorch's
 input for it): the log-mel of the fixture clip, the encoder stages, then the decoder stages
 teacher-forced on the standard prompt and the clip's true sentence. It stops at the first stage
-whose metrics break tolerance, so a fault compiles only the graphs up to where it shows (MAX
-caches compiled graphs by content, so the unchanged stages before it cost seconds). A stage whose
+whose metrics break tolerance, so a fault compiles only the graphs up to where it shows, and of
+those only the ones it changes: its other graphs are the faithful ones, run through the faithful
+model's compiled modules (``Engine.compile_together``). A stage whose
 graph MAX refuses to build, compile or run (``MaxGraphError``), or that returns the wrong shape,
 counts as detected there, with the error as the reason; any other error is a bug of the harness
 and propagates. A divergent block is bisected into its sub-modules (``substages.py``), and the
