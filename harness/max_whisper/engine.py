@@ -200,7 +200,7 @@ class Engine:
         """Read the module of exactly ``specs`` from the store; False when it holds none."""
         path = self._unit_path(specs)
         start = time.perf_counter()
-        stored = self._read(path, _label(specs)) if path else None
+        stored = self._read(path, _notice(specs)) if path else None
         if stored:
             self._add_unit(*stored)
             self.loaded.update(s.name for s in specs)
@@ -228,7 +228,7 @@ class Engine:
             for spec, graph in zip(specs, graphs, strict=True)
         }
         start = time.perf_counter()
-        compiled = self._compile(module, _label(specs))
+        compiled = self._compile(module, _notice(specs))
         self.compile_seconds[_label(specs)] = time.perf_counter() - start
         self._add_unit(compiled, record)
         if path := self._unit_path(specs):
@@ -329,8 +329,13 @@ _COUNTER = re.compile(r"\{counter = \d+ : i64\}")
 
 
 def _label(specs: list[GraphSpec]) -> str:
-    """A unit's name in ``compile_seconds`` and notices: its graphs' names joined by " + "."""
+    """A unit's name in ``compile_seconds``: its graphs' names joined by " + "."""
     return " + ".join(s.name for s in specs)
+
+
+def _notice(specs: list[GraphSpec]) -> str:
+    """A unit's name in progress lines: its first graph's name, then the others' kinds."""
+    return ", ".join([specs[0].name, *(s.kind for s in specs[1:])])
 
 
 def _digest(graph: Graph, name: str) -> str:
