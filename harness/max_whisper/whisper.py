@@ -75,7 +75,12 @@ class MaxWhisper:
         return f"MAX {dtype}" if self.weights == "float32" else f"MAX {self.weights} decoding"
 
     def load(self) -> None:
-        """Compile what is not compiled yet and bind the weights of every graph decoding runs."""
+        """Compile what is not compiled yet and bind the weights of every graph transcription
+        runs. Its graphs are one MAX module (``Engine.compile_together``): one compile, or one
+        read from the store, for the log-mel, the encoder and the decoding graphs."""
+        decoding = self.text_decoder.unit("step")
+        specs = [self.log_mel.spec, *self.audio_encoder.specs("encoder")]
+        self.engine.compile_together(specs + self.text_decoder.specs(*decoding))
         self.audio_encoder.load()
         self.text_decoder.load()
 
@@ -160,6 +165,7 @@ def transcribe(
     """Greedy (temperature 0) transcription with openai-whisper's windowing for long audio."""
     options = dict(temperature=0.0, fp16=False, language=language, verbose=None)
     if isinstance(model, MaxWhisper):
+        model.load()
         with max_log_mel(model.log_mel):
             result = whisper.transcribe(model, audio, **options)
     else:
