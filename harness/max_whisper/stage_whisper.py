@@ -20,6 +20,10 @@ class StageWhisper(MaxWhisper):
     step's logits are computed at every position (decoding reads the start-of-transcript one).
     """
 
+    def load(self) -> None:
+        """Nothing ahead of time: each stage graph is compiled (or found) when it first runs,
+        never the fused encoder and the decoding graphs that ``MaxWhisper.load`` compiles."""
+
     def encoder(self, mel: torch.Tensor) -> torch.Tensor:
         x = mel.float().numpy()
         for stage in self.audio_encoder.stages():
