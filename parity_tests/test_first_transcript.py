@@ -194,13 +194,15 @@ def test_a_unit_binds_each_of_its_graphs_and_a_graph_of_the_same_mlir_through_it
         return to_numpy(engine.bind(name, {"w": w}).execute(engine.to_device(x))[0])
 
     engine.compile_together([_weighted("a", "scale"), _weighted("b", "twice", twice=True)])
-    engine.compile_together([_weighted("a_again", "scale"), _weighted("c", "scale", twice=True)])
+    c, c_twin = _weighted("c", "scale", twice=True), _weighted("c_twin", "scale", twice=True)
+    engine.compile_together([_weighted("a_again", "scale"), c, c_twin])
     assert list(engine.compile_seconds) == ["a + b", "c"]
-    assert engine.aliases == {"a_again": "a"}
+    assert engine.aliases == {"a_again": "a", "c_twin": "c"}
     np.testing.assert_array_equal(run("a"), x * w.numpy())
     np.testing.assert_array_equal(run("a_again"), x * w.numpy())
     np.testing.assert_array_equal(run("b"), 2 * x * w.numpy())
     np.testing.assert_array_equal(run("c"), 2 * x * w.numpy())
+    np.testing.assert_array_equal(run("c_twin"), 2 * x * w.numpy())
     again = Engine(store=tmp_path)
     again.compile_together([_weighted("a", "scale"), _weighted("b", "twice", twice=True)])
     assert again.loaded == {"a", "b"}

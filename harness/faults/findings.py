@@ -1,6 +1,7 @@
 """Planted faults: proof that the parity harness finds a porting bug and says where it is.
 
-``run_faults`` traces PyTorch once (``reference_trace.py``), then for each fault of the
+``run_faults`` traces PyTorch once (``reference_trace.py``), compiles every graph the faults may
+run as one MAX module (``compile_ahead.py``), then for each fault of the
 catalogue (``catalogue.py``) finds the first stage where it shows and, inside a block, the
 sub-module (``localise.py``); with ``transcripts``, it also says whether the fault changes the
 greedy transcript of the fixture clip (``transcripts.py``). One finding per fault: where it was
@@ -14,6 +15,7 @@ from typing import Any
 
 from harness.compare import tolerances
 from harness.faults.catalogue import CATALOGUE, Fault
+from harness.faults.compile_ahead import compile_ahead
 from harness.faults.localise import localise
 from harness.faults.reference_trace import trace_reference
 from harness.faults.transcripts import transcript, transcript_fields
@@ -34,6 +36,7 @@ def run_faults(
     limits = tolerances.load(engine.dtype.name)
     progress("PyTorch reference: log-mel, encoder, teacher-forced decoder")
     ref = trace_reference(checkpoint)
+    compile_ahead(checkpoint, engine, [fault.variant for fault in faults], progress)
     faithful = transcript(checkpoint, engine, FAITHFUL, progress) if transcripts else None
     results = []
     for fault in faults:

@@ -167,16 +167,27 @@ class Engine:
         module, read from the store (where a module is known by its graphs' recipes in order:
         callers ask for the same graphs together every time) or compiled.
 
-        Before compiling, each graph is built (~0.02 s) and one whose MLIR is a graph's already
-        compiled here, but for its name, is bound through that one instead: a planted fault
-        changes one or two graphs, and the others need no compile of their own.
+        Before compiling, each graph is built (~0.02 s); a graph whose MLIR, but for its name,
+        is that of a graph already compiled here, or of another in ``specs``, is bound through
+        that one instead: a planted fault changes one or two graphs, and the others need no
+        compile of their own.
         """
         todo = list({s.name: s for s in specs if s.name not in self.units}.values())
         if not todo or self._load(todo):
             return
-        fresh = [spec for spec in todo if not self._alias(spec)]
+        first = dict(self._by_digest)  # a digest's first graph: compiled, or in ``todo``
+        fresh, same = [], {}
+        for spec in todo:
+            digest = _digest(spec.build(Module()), spec.name)
+            if digest in first:
+                same[spec.name] = first[digest]
+            else:
+                first[digest] = spec.name
+                fresh.append(spec)
         if fresh and (len(fresh) == len(todo) or not self._load(fresh)):
             self._compile_unit(fresh)
+        for name, target in same.items():
+            self._alias(name, target)
 
     def bind(self, name: str, weights: Mapping[str, torch.Tensor]) -> Model:
         """Graph ``name`` (``compile_together``) with ``weights`` by the names it declared.
@@ -207,14 +218,11 @@ class Engine:
             self.compile_seconds[_label(specs)] = time.perf_counter() - start
         return stored is not None
 
-    def _alias(self, spec: GraphSpec) -> bool:
-        """Bind ``spec`` through a compiled graph of the same MLIR, if there is one."""
-        same = self._by_digest.get(_digest(spec.build(Module()), spec.name))
-        if same:
-            self.units[spec.name] = self.units[same]
-            self.aliases[spec.name] = same
-            self.declared[spec.name] = self.declared[same]
-        return same is not None
+    def _alias(self, name: str, same: str) -> None:
+        """Bind graph ``name`` through compiled graph ``same``, of the same MLIR."""
+        self.units[name] = self.units[same]
+        self.aliases[name] = same
+        self.declared[name] = self.declared[same]
 
     def _compile_unit(self, specs: list[GraphSpec]) -> None:
         module = Module()
