@@ -177,6 +177,7 @@ def test_a_harness_bug_in_a_stage_propagates(monkeypatch, error):
 def fake_transcripts(monkeypatch, transcribe) -> None:
     """Clean stages, and ``transcribe(variant)`` in place of decoding through the stage graphs."""
     monkeypatch.setattr(findings, "trace_reference", lambda checkpoint: None)
+    monkeypatch.setattr(findings, "compile_ahead", lambda *args: None)  # no graph runs
     monkeypatch.setattr(findings, "localise", lambda *args: localise._found(None, "clean"))
     monkeypatch.setattr(transcripts, "StageWhisper", lambda checkpoint, engine, variant: variant)
     monkeypatch.setattr(transcripts, "load_audio", lambda path: None)

@@ -1,10 +1,10 @@
 """Planted faults: proof that the parity harness finds a porting bug and says where it is.
 
 ``run_faults`` traces PyTorch once (``reference_trace.py``), compiles every graph the faults may
-run as one MAX module (``compile_ahead.py``), then for each fault of the
-catalogue (``catalogue.py``) finds the first stage where it shows and, inside a block, the
-sub-module (``localise.py``); with ``transcripts``, it also says whether the fault changes the
-greedy transcript of the fixture clip (``transcripts.py``). One finding per fault: where it was
+run as one MAX module (``compile_ahead.py``), then for each fault of the catalogue
+(``catalogue.py``) finds the first stage where it shows and, inside a block, the sub-module
+(``localise.py``); with ``transcripts``, it also says whether the fault changes the greedy
+transcript of the fixture clip (``transcripts.py``). One finding per fault: where it was
 expected, where it was localised, and why.
 """
 
