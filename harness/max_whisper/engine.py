@@ -72,7 +72,7 @@ class GraphSpec:
     clash, and a graph is the same MLIR in every variant that does not change it."""
 
     name: str
-    kind: str  # its role in its unit (``conv1``, ``step`` ...): its weights are ``<kind>/<name>``
+    kind: str  # its role in its unit (``conv1``, ``step`` ...): weights are ``<kind>/<weight>``
     build: Callable[[Module], Graph]
     recipe: str
 
