@@ -22,20 +22,13 @@ install: .venv/installed
 	$(PYTHON) -m pip install --quiet -e '.[test,pretrained]'
 	touch $@
 
-# One pytest process per test file: in one process for the whole suite, MAX 26.7 corrupts memory
-# after enough models have come and gone (segfaults inside Model.execute or at teardown, garbage
-# from a fresh q4_k graph), on this code and on the code before it; no file alone has done so.
-# Exit 5 (every test of a file deselected) is not a failure.
-PYTEST_EACH = status=0; for f in parity_tests/test_*.py; do $(PYTHON) -m pytest -q $$f $(1); \
-	rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || { echo "FAILED: $$f (exit $$rc)"; status=1; }; done; \
-	exit $$status
-
+# One pytest process per test file, two files at a time (parity_tests/run_files.py says why).
 test: install
-	@$(call PYTEST_EACH,)
+	$(PYTHON) parity_tests/run_files.py
 
 # The developer's loop: everything not marked slow (no whole-model sweeps, reports or transcripts).
 test-fast: install
-	@$(call PYTEST_EACH,-m "not slow")
+	$(PYTHON) parity_tests/run_files.py -m "not slow"
 
 # Speed benchmarks (pytest-benchmark, not part of `make test`); BENCH_MODEL / BENCH_DTYPE to vary.
 bench: install

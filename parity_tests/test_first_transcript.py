@@ -7,9 +7,12 @@ modules on the meta device, and ``transcribe`` imports none of the report machin
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -243,3 +246,28 @@ def test_compiling_is_announced_only_when_it_outlasts_a_cache_hit(monkeypatch, n
     engine.session = _SlowSession(0.3)
     assert engine.compile(lambda: _graph("g", 2.0), "g") == "compiled"
     assert events == (["g"] if announced else [])
+
+
+def test_a_unit_another_process_is_compiling_is_waited_for_and_read_not_compiled(tmp_path):
+    """``make test`` runs two files at a time: the second to ask for a unit reads the first's."""
+    specs = [_weighted("a", "scale"), _weighted("b", "twice", twice=True)]
+    made, second = Engine(store=tmp_path / "made"), Engine(store=tmp_path / "shared")
+    made.compile_together(specs)
+    path = second._unit_path(specs)
+    path.parent.mkdir()
+
+    def other_process() -> None:  # claims the unit, compiles it (0.5 s here), stores it
+        with path.with_suffix(".lock").open("a") as claim:
+            fcntl.flock(claim, fcntl.LOCK_EX)
+            claimed.set()
+            time.sleep(0.5)
+            for suffix in (".json", ".mef"):
+                shutil.copy(made._unit_path(specs).with_suffix(suffix), path.with_suffix(suffix))
+
+    claimed = threading.Event()
+    threading.Thread(target=other_process).start()
+    claimed.wait()
+    start = time.perf_counter()
+    second.compile_together(specs)
+    assert time.perf_counter() - start >= 0.5  # it waited for the claim
+    assert second.loaded == {"a", "b"}  # and read the unit from the store

@@ -23,6 +23,7 @@ graphs took 78 s as one module and 251 s one by one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -30,7 +31,8 @@ import platform
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -143,18 +145,19 @@ class Engine:
         graph = None if recipe else build()
         start = time.perf_counter()
         path = self._store_path(recipe or graph, name)
-        stored = self._read(path, name) if path else None
-        if stored:
-            compiled, record = stored
-            self.declared[name] = _declared(record)
-            self.loaded.add(name)
-        else:
-            graph = graph or build()
-            start = time.perf_counter()
-            compiled = self._compile(graph, name)
-            self.declared[name] = declared_weights(graph)
-            if path:
-                self._write(compiled, _record(self.declared[name]), path)
+        with _claimed(path):
+            stored = self._read(path, name) if path else None
+            if stored:
+                compiled, record = stored
+                self.declared[name] = _declared(record)
+                self.loaded.add(name)
+            else:
+                graph = graph or build()
+                start = time.perf_counter()
+                compiled = self._compile(graph, name)
+                self.declared[name] = declared_weights(graph)
+                if path:
+                    self._write(compiled, _record(self.declared[name]), path)
         self.compiled[name] = compiled
         self.compile_seconds[name] = time.perf_counter() - start
         return compiled
@@ -184,7 +187,7 @@ class Engine:
             else:
                 first[digest] = spec.name
                 fresh.append(spec)
-        if fresh and (len(fresh) == len(todo) or not self._load(fresh)):
+        if fresh:
             self._compile_unit(fresh)
         for name, target in same.items():
             self._alias(name, target)
@@ -225,6 +228,14 @@ class Engine:
         self.declared[name] = self.declared[same]
 
     def _compile_unit(self, specs: list[GraphSpec]) -> None:
+        """Compile ``specs`` as one module, unless the store has it by the time this process
+        holds the unit's claim (another process may have been compiling it)."""
+        path = self._unit_path(specs)
+        with _claimed(path):
+            if not self._load(specs):
+                self._compile_new_unit(specs, path)
+
+    def _compile_new_unit(self, specs: list[GraphSpec], path: Path | None) -> None:
         module = Module()
         graphs = [spec.build(module) for spec in specs]
         record = {  # before compiling, which rewrites the module's MLIR in place
@@ -239,7 +250,7 @@ class Engine:
         compiled = self._compile(module, _notice(specs))
         self.compile_seconds[_label(specs)] = time.perf_counter() - start
         self._add_unit(compiled, record)
-        if path := self._unit_path(specs):
+        if path:
             self._write(compiled, record, path)
 
     def _add_unit(self, compiled: CompiledModel, record: dict[str, dict]) -> None:
@@ -356,10 +367,30 @@ def _digest(graph: Graph, name: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@contextmanager
+def _claimed(path: Path | None) -> Iterator[None]:
+    """Hold the claim to compile the graph (or unit) stored at ``path``: a second process
+    asking for the same graph meanwhile (``make test`` runs two test files at a time) waits,
+    then reads it from the store instead of compiling it again. No store, no claim."""
+    if path is None:
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        claim = path.with_suffix(".lock").open("a")
+    except OSError:  # a store that cannot be written: compile unclaimed, as without one
+        yield
+        return
+    with claim:
+        fcntl.flock(claim, fcntl.LOCK_EX)
+        yield
+
+
 def _evict(store: Path, limit: int) -> None:
     """Drop the least recently used graphs, and their weights, beyond ``limit`` bytes."""
     for path in evict_least_recent(store.glob("*.mef"), limit):
         path.with_suffix(".json").unlink(missing_ok=True)
+        path.with_suffix(".lock").unlink(missing_ok=True)
 
 
 @cache

@@ -159,7 +159,7 @@ class MaxTextDecoder(BoundGraphs):
         The caches are written in place, so the next step must not start while one is still being
         written. CPU ``execute`` has been synchronous in every check; this makes the ordering
         explicit for a few microseconds per step. It does not cure the segfaults MAX 26.7 shows in
-        a long-lived process (see the Makefile's ``PYTEST_EACH``): they happen with and without it.
+        a long-lived process (see ``parity_tests/run_files.py``): they happen with and without it.
         """
         self.engine.session.devices[0].synchronize()
 

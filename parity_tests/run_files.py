@@ -1,0 +1,80 @@
+"""``make test``: every test file in a pytest process of its own, two files at a time.
+
+One process per file: in one process for the whole suite, MAX 26.7 corrupts memory after enough
+models have come and gone (segfaults inside ``Model.execute`` or at teardown, garbage from a fresh
+q4_k graph); no file alone has done so. Two at a time: a cold run is mostly MAX compiling, and a
+compile keeps one core busy (user time 1.2x wall time on a 2-core machine), so the second core
+would idle. Two files asking for the same graph do not compile it twice: the second waits for
+the first's and reads it (``engine._claimed``).
+
+Usage: ``python parity_tests/run_files.py [pytest options...]``; exit 1 if any file failed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+LANES = 2
+# The files that took longest cold (empty MAX cache), longest first, so that the short ones fill
+# the gaps at the end; the others follow in name order. Minutes measured on 2026-12-04.
+LONGEST_FIRST = [
+    "test_repro.py",  # ~22: every planted fault's repro.py compiles its own graph
+    "test_cli.py",  # 16.9
+    "test_faults.py",  # 10.3
+    "test_decoder.py",  # 8.9
+    "test_pretrained.py",  # 4.3
+    "test_encoder.py",  # 3.7
+    "test_fixture_model.py",  # 3.7
+    "test_candidates.py",  # 3.2
+    "test_quantized.py",  # 2.7
+]
+STARTED = time.monotonic()
+
+
+def ordered(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("test_*.py"))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    return sorted(files, key=lambda f: (rank.get(f.name, len(rank)), f.name))
+
+
+def clock() -> str:
+    minutes, seconds = divmod(int(time.monotonic() - STARTED), 60)
+    return f"[{minutes:3d}:{seconds:02d}]"
+
+
+def run(path: Path, options: list[str]) -> tuple[Path, int, float]:
+    """One file's pytest; its output is printed whole when it ends, not interleaved."""
+    print(f"{clock()} {path.name}: started", flush=True)
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", str(path), *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seconds = time.monotonic() - start
+    # Exit 5: every test of the file deselected (``-m "not slow"``), not a failure.
+    status = "passed" if done.returncode in (0, 5) else f"FAILED (exit {done.returncode})"
+    print(f"{done.stdout}{clock()} {path.name}: {status} in {seconds:.0f} s", flush=True)
+    return path, done.returncode, seconds
+
+
+def main(options: list[str]) -> int:
+    files = ordered(Path(__file__).parent)
+    with ThreadPoolExecutor(LANES) as pool:
+        results = list(pool.map(lambda f: run(f, options), files))
+    failed = [path.name for path, code, _ in results if code not in (0, 5)]
+    print(f"{clock()} {len(files)} files, {LANES} at a time; slowest:")
+    for path, _, seconds in sorted(results, key=lambda r: -r[2])[:8]:
+        print(f"  {seconds / 60:5.1f} min  {path.name}")
+    for name in failed:
+        print(f"FAILED: {name}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
