@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +34,7 @@ LONGEST_FIRST = [
     "test_quantized.py",  # 2.7
 ]
 STARTED = time.monotonic()
+PRINTING = threading.Lock()  # two lanes: one whole message at a time
 
 
 def ordered(folder: Path) -> list[Path]:
@@ -46,9 +48,14 @@ def clock() -> str:
     return f"[{minutes:3d}:{seconds:02d}]"
 
 
+def say(text: str) -> None:
+    with PRINTING:
+        print(text, flush=True)
+
+
 def run(path: Path, options: list[str]) -> tuple[Path, int, float]:
     """One file's pytest; its output is printed whole when it ends, not interleaved."""
-    print(f"{clock()} {path.name}: started", flush=True)
+    say(f"{clock()} {path.name}: started")
     start = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", str(path), *options],
@@ -59,7 +66,7 @@ def run(path: Path, options: list[str]) -> tuple[Path, int, float]:
     seconds = time.monotonic() - start
     # Exit 5: every test of the file deselected (``-m "not slow"``), not a failure.
     status = "passed" if done.returncode in (0, 5) else f"FAILED (exit {done.returncode})"
-    print(f"{done.stdout}{clock()} {path.name}: {status} in {seconds:.0f} s", flush=True)
+    say(f"{done.stdout}{clock()} {path.name}: {status} in {seconds:.0f} s")
     return path, done.returncode, seconds
 
 

@@ -47,10 +47,12 @@ def test_a_document_null_is_nan_but_a_null_snr_is_identical(limits):
     assert check({}, "isolated", snr_gated) == ["snr_db missing"]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_every_gated_metric_is_one_its_callers_compute(dtype):
+@pytest.mark.parametrize(
+    ("dtype", "device"), [("float32", "cpu"), ("bfloat16", "cpu"), ("float32", "gpu")]
+)
+def test_every_gated_metric_is_one_its_callers_compute(dtype, device):
     """The check fails a metric nobody computed, so each kind's gate must ask for real ones."""
-    limits = tolerances.load(dtype)
+    limits = tolerances.load(dtype, device)
     x = np.ones((1, 3, 4), np.float32)
     computed = {
         "isolated": compare(x, x),
@@ -67,6 +69,13 @@ def test_every_gated_metric_is_one_its_callers_compute(dtype):
     for kind, metrics in computed.items():
         assert not limits.violations(metrics, kind), kind
         assert not check(metrics, kind, limits_of({"dtype": dtype})), kind
+
+
+def test_float32_on_a_gpu_is_judged_by_tf32s_limits_where_they_were_measured():
+    cpu, gpu = tolerances.load("float32"), tolerances.load("float32", "gpu")
+    assert gpu.limit("fused", "rel_l2") > 100 * cpu.limit("fused", "rel_l2")  # TF32
+    assert gpu.limit("mel", "rel_l2") == cpu.limit("mel", "rel_l2")  # not measured on a GPU
+    assert tolerances.load("bfloat16", "gpu") == tolerances.load("bfloat16")
 
 
 def _mode(weights: str, kl: float, equal: float) -> dict:

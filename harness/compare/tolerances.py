@@ -50,14 +50,19 @@ class Tolerances:
         return failures
 
 
-def load(dtype: str, path: Path = TOLERANCE_FILE) -> Tolerances:
-    """The tolerances of ``dtype``; each entry in the file is ``{"value": x, "why": "..."}``."""
+def load(dtype: str, device: str = "cpu", path: Path = TOLERANCE_FILE) -> Tolerances:
+    """The tolerances of ``dtype``; each entry in the file is ``{"value": x, "why": "..."}``.
+
+    A ``<dtype>@<device>`` table (``float32@gpu``: MAX's float32 runs on TF32 tensor cores
+    there) replaces the kinds it measured; the others keep the dtype's limits.
+    """
     table = json.loads(path.read_text())
     if dtype not in table:
         raise HarnessError(f"{path}: no tolerances for dtype {dtype!r}")
+    kinds = {**table[dtype], **table.get(f"{dtype}@{device}", {})}
     limits = {
         kind: {metric: entry["value"] for metric, entry in metrics.items()}
-        for kind, metrics in table[dtype].items()
+        for kind, metrics in kinds.items()
         if not kind.startswith("_")
     }
     return Tolerances(dtype, limits)

@@ -64,7 +64,7 @@ def selection(
     minus_inf = ops.constant(float("-inf"), DType.float32, device)
     zero = ops.constant(0.0, DType.float32, device)
     x = ops.where(blocked, minus_inf, x + suppress)
-    is_timestamp = index >= timestamp_begin  # (vocab,)
+    is_timestamp = index >= timestamp_begin.to(device)  # (vocab,); the scalar comes on the host
     logprobs = ops.logsoftmax(x, axis=-1)
     timestamps = ops.log(ops.sum(ops.where(is_timestamp, ops.exp(logprobs), zero), axis=-1))
     best_text = ops.max(ops.where(is_timestamp, minus_inf, logprobs), axis=-1)  # (batch, 1)

@@ -76,7 +76,7 @@ def build(
     the same comparisons (``peer_parity.py``), each with its drift from PyTorch. With a
     ``speed`` plan, PyTorch, MAX, its modes and the peers are then timed side by side.
     """
-    limits = tolerances.load(dtype)
+    limits = tolerances.load(dtype, device)
     clips = load_clips(audio or fixture_clips())
     engine = Engine(device, DTYPES[dtype], on_compile=lambda n: progress(f"compiling {n}"))
     candidate = MaxWhisper(checkpoint, engine)
