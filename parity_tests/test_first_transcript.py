@@ -211,6 +211,21 @@ def test_a_unit_binds_each_of_its_graphs_and_a_graph_of_the_same_mlir_through_it
     assert again.loaded == {"a", "b"}
 
 
+def test_a_graph_another_process_compiled_in_another_unit_is_bound_through_it(tmp_path):
+    """The report compiles the encoder with its stages; ``transcribe`` asks for it again in the
+    transcription unit: only the graphs no stored unit holds are compiled."""
+    Engine(store=tmp_path).compile_together(
+        [_weighted("a", "scale"), _weighted("b", "twice", True)]
+    )
+    engine = Engine(store=tmp_path)
+    engine.compile_together([_weighted("a_copy", "scale"), _weighted("d", "other", twice=True)])
+    assert list(engine.compile_seconds) == ["d"] and "a_copy" in engine.loaded
+    x, w = np.arange(3, dtype=np.float32), torch.tensor([1.0, 2.0, 3.0])
+    for name, factor in (("a_copy", 1), ("d", 2)):
+        out = to_numpy(engine.bind(name, {"w": w}).execute(engine.to_device(x))[0])
+        np.testing.assert_array_equal(out, factor * x * w.numpy())
+
+
 def test_the_store_tells_graphs_apart_by_their_whole_body(tmp_path):
     engine = Engine(store=tmp_path)
     one, same, other = _graph("g", 2.0), _graph("g", 2.0), _graph("g", 3.0)

@@ -81,10 +81,12 @@ class GraphSpec:
 
 @dataclass(frozen=True)
 class Unit:
-    """One compiled MAX module: its graphs' names and their kinds (their weights' namespaces)."""
+    """One compiled MAX module: per graph (by its name in the module), its kind (its weights'
+    namespace) and the weights it declares."""
 
     compiled: CompiledModel
     kinds: dict[str, str]
+    declared: dict[str, dict[str, Declared]]
 
 
 @dataclass
@@ -106,7 +108,7 @@ class Engine:
     declared: dict[str, dict[str, Declared]] = field(default_factory=dict, init=False)
     units: dict[str, Unit] = field(default_factory=dict, init=False)  # by graph name
     aliases: dict[str, str] = field(default_factory=dict, init=False)  # to a graph of the same MLIR
-    _by_digest: dict[str, str] = field(default_factory=dict, init=False)
+    _by_digest: dict[str, tuple[Unit, str]] = field(default_factory=dict, init=False)
     _zeros: dict[Declared, torch.Tensor] = field(default_factory=dict, init=False)
     on_compile: Callable[[str], None] | None = None
     on_load: Callable[[str], None] | None = None
@@ -171,26 +173,26 @@ class Engine:
         callers ask for the same graphs together every time) or compiled.
 
         Before compiling, each graph is built (~0.02 s); a graph whose MLIR, but for its name,
-        is that of a graph already compiled here, or of another in ``specs``, is bound through
-        that one instead: a planted fault changes one or two graphs, and the others need no
-        compile of their own.
+        is that of a graph already compiled (here, or by any process into the store, in any
+        unit), or of another in ``specs``, is bound through that one instead: a planted fault
+        changes one or two graphs, and the transcription unit holds graphs that the report's
+        stages compiled before.
         """
         todo = list({s.name: s for s in specs if s.name not in self.units}.values())
         if not todo or self._load(todo):
             return
-        first = dict(self._by_digest)  # a digest's first graph: compiled, or in ``todo``
-        fresh, same = [], {}
+        digests = {spec.name: _digest(spec.build(Module()), spec.name) for spec in todo}
+        self._adopt_stored(digests)
+        fresh, seen = [], set(self._by_digest)
         for spec in todo:
-            digest = _digest(spec.build(Module()), spec.name)
-            if digest in first:
-                same[spec.name] = first[digest]
-            else:
-                first[digest] = spec.name
+            if digests[spec.name] not in seen:
+                seen.add(digests[spec.name])
                 fresh.append(spec)
         if fresh:
             self._compile_unit(fresh)
-        for name, target in same.items():
-            self._alias(name, target)
+        for spec in todo:
+            if spec.name not in self.units:
+                self._alias(spec.name, *self._by_digest[digests[spec.name]])
 
     def bind(self, name: str, weights: Mapping[str, torch.Tensor]) -> Model:
         """Graph ``name`` (``compile_together``) with ``weights`` by the names it declared.
@@ -204,7 +206,7 @@ class Engine:
             f"{kind}/{weight}": self._zeros_like(declared)
             for other, kind in unit.kinds.items()
             if other != graph
-            for weight, declared in self.declared[other].items()
+            for weight, declared in unit.declared[other].items()
         }
         kind = unit.kinds[graph]
         registry.update({f"{kind}/{weight}": value for weight, value in weights.items()})
@@ -221,11 +223,35 @@ class Engine:
             self.compile_seconds[_label(specs)] = time.perf_counter() - start
         return stored is not None
 
-    def _alias(self, name: str, same: str) -> None:
-        """Bind graph ``name`` through compiled graph ``same``, of the same MLIR."""
-        self.units[name] = self.units[same]
-        self.aliases[name] = same
-        self.declared[name] = self.declared[same]
+    def _alias(self, name: str, unit: Unit, same: str) -> None:
+        """Bind graph ``name`` through graph ``same`` of ``unit``, of the same MLIR."""
+        self.units[name] = unit
+        if same != name:
+            self.aliases[name] = same
+        self.declared[name] = unit.declared[same]
+
+    def _adopt_stored(self, digests: Mapping[str, str]) -> None:
+        """Read the stored units that hold a graph of one of ``digests`` (by name), as far as
+        the store's digest index knows one: its graphs become targets to bind through."""
+        for name, digest in digests.items():
+            if digest in self._by_digest or (index := self._digest_index(digest)) is None:
+                continue
+            try:
+                path = index.parent / index.read_text().strip()
+            except OSError:
+                continue
+            stored = self._read(path, name)
+            if stored:
+                unit = _unit(*stored)
+                for graph, entry in stored[1].items():
+                    self._by_digest.setdefault(entry["digest"], (unit, graph))
+                if digest in self._by_digest:
+                    self.loaded.add(name)
+
+    def _digest_index(self, digest: str) -> Path | None:
+        """The store's file naming the unit that holds a graph of MLIR ``digest``."""
+        path = self._store_path(f"digest {digest}", "digest")
+        return path.with_suffix(".unit") if path else None
 
     def _compile_unit(self, specs: list[GraphSpec]) -> None:
         """Compile ``specs`` as one module, unless the store has it by the time this process
@@ -252,13 +278,17 @@ class Engine:
         self._add_unit(compiled, record)
         if path:
             self._write(compiled, record, path)
+            for graph in record.values():
+                if index := self._digest_index(graph["digest"]):
+                    _write_text(index, path.name)
 
     def _add_unit(self, compiled: CompiledModel, record: dict[str, dict]) -> None:
-        unit = Unit(compiled, {name: graph["kind"] for name, graph in record.items()})
+        """Register a unit compiled, or read by its recipes, for these very graphs."""
+        unit = _unit(compiled, record)
         for name, graph in record.items():
             self.units[name] = unit
-            self.declared[name] = _declared(graph["weights"])
-            self._by_digest.setdefault(graph["digest"], name)
+            self.declared[name] = unit.declared[name]
+            self._by_digest.setdefault(graph["digest"], (unit, name))
 
     def _unit_path(self, specs: list[GraphSpec]) -> Path | None:
         name = specs[0].name if len(specs) == 1 else f"{specs[0].name}+{len(specs) - 1}"
@@ -334,6 +364,22 @@ class Engine:
             _evict(path.parent, STORE_LIMIT_BYTES)
         except OSError:
             tmp.unlink(missing_ok=True)
+
+
+def _unit(compiled: CompiledModel, record: Mapping[str, dict]) -> Unit:
+    kinds = {name: graph["kind"] for name, graph in record.items()}
+    declared = {name: _declared(graph["weights"]) for name, graph in record.items()}
+    return Unit(compiled, kinds, declared)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``path`` whole (a reader never sees half of it); a failure only costs a compile."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def _record(declared: Mapping[str, Declared]) -> dict[str, list]:
