@@ -26,18 +26,18 @@ import time
 from pathlib import Path
 
 LANES = 2
-# The files that took longest cold (empty MAX cache), longest first, so that the short ones fill
-# the gaps at the end; the others follow in name order. Minutes measured on 2026-12-04.
+# The files that took longest cold (empty caches), longest first, so that the short ones fill
+# the gaps at the end; the others follow in name order. Minutes in two pinned lanes, 2026-12-04.
 LONGEST_FIRST = [
-    "test_repro.py",  # ~22: every planted fault's repro.py compiles its own graph
-    "test_cli.py",  # 16.9
-    "test_faults.py",  # 10.3
-    "test_decoder.py",  # 8.9
-    "test_pretrained.py",  # 4.3
-    "test_encoder.py",  # 3.7
-    "test_fixture_model.py",  # 3.7
-    "test_candidates.py",  # 3.2
-    "test_quantized.py",  # 2.7
+    "test_repro.py",  # 56.8: every planted fault's repro.py compiles its own graph
+    "test_cli.py",  # 22.7
+    "test_faults.py",  # 3.8 (after test_repro.py compiled its faults' graphs)
+    "test_decoder.py",  # 14.8
+    "test_pretrained.py",  # 6.4
+    "test_encoder.py",  # 3.8
+    "test_fixture_model.py",  # 4.1
+    "test_candidates.py",  # 6.4
+    "test_quantized.py",  # 6.3
 ]
 STARTED = time.monotonic()
 PRINTING = threading.Lock()  # two lanes: one whole message at a time
