@@ -20,6 +20,7 @@ from harness.compare import gate
 from harness.errors import HarnessError
 from harness.inputs import checkpoints
 from harness.inputs.audio import load_audio
+from harness.max_whisper.batched import transcribe_batched
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.max_whisper.whisper import MaxWhisper, transcribe
 from harness.paths import REPORTS
@@ -151,8 +152,22 @@ def _add_transcribe(commands: argparse._SubParsersAction) -> None:
         "MODE:logits (see report --weights)",
     )
     run.add_argument("--language", default=None, help="e.g. en; default: detected by the model")
+    run.add_argument(
+        "--batch-size",
+        type=_positive,
+        metavar="N",
+        help="cut the audio into 30 s chunks at pauses and decode N chunks at a time, greedy, "
+        "without timestamps (faster-whisper's batched pipeline); default: window by window, "
+        "each window prompted with the text before it (openai-whisper's transcribe)",
+    )
     run.add_argument("--json", action="store_true", help="print text, tokens and segments as JSON")
     run.set_defaults(run=_transcribe)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -235,7 +250,10 @@ def _transcribe(args: argparse.Namespace) -> int:
         model = MaxWhisper(checkpoint, engine, weights=args.weights)
     else:
         model = checkpoint.model
-    result = transcribe(model, audio, language=args.language)
+    if args.batch_size:
+        result = transcribe_batched(model, audio, args.language, args.batch_size)
+    else:
+        result = transcribe(model, audio, language=args.language)
     if args.json:
         print(json.dumps(asdict(result), indent=1))
     else:

@@ -131,7 +131,7 @@ def test_report_times_pytorch_max_and_ctranslate2_side_by_side(report_dir):
     assert speed["threads"] >= 1 and speed["decode_tokens"] > 0
     engines = ["torch", "max", "max-float16", "ct2-float32", "ct2-int8"]
     assert list(speed["engines"]) == engines
-    in_process = ("encoder_ms", "decode_ms_per_token", "end_to_end_rtf")
+    in_process = ("encoder_ms", "decode_ms_per_token", "end_to_end_rtf", "batched_rtf")
     for measure in (*in_process, "first_transcript_s"):
         timed = speed[measure]
         assert list(timed["median"]) == engines
@@ -150,10 +150,15 @@ def test_report_times_pytorch_max_and_ctranslate2_side_by_side(report_dir):
     work = speed["end_to_end_work"]
     assert list(work) == engines and all(w["windows"] >= 1 for w in work.values())
     assert work["max"] == work["torch"]  # same windowing, token-equal transcripts
+    batched = speed["batched"]
+    assert list(batched["engines"]) == engines and len(batched["chunks_s"]) == 4
+    assert batched["engines"]["max"]["tokens_equal_to_torch"]  # same chunks, same algorithm
     text = (report_dir / "report.md").read_text()
     assert "## Speed" in text and "decoding (ms per token)" in text
     assert "End-to-end work (30 s windows encoded, tokens kept): PyTorch float32 " in text
     assert "| MAX float32, encoder, 30 s window (ms) |" in text
+    assert "long audio, chunks in one batch (real-time factor)" in text
+    assert "Long audio: 9 fixture clips end to end" in text
 
 
 @pytest.mark.slow  # one whole report, speed runs included

@@ -196,6 +196,37 @@ class CTranslate2Whisper:
         ]
         return Transcript(text, tokens, info.language, as_dicts)
 
+    def transcribe_batched(
+        self,
+        audio: np.ndarray,
+        bounds: list[tuple[int, int]],
+        language: str | None = "en",
+        batch_size: int = 8,
+    ) -> Transcript:
+        """faster-whisper's ``BatchedInferencePipeline`` on the chunks ``bounds`` (samples), as
+        ``batched.transcribe_batched`` decodes them: greedy, temperature 0, no timestamps."""
+        from faster_whisper import BatchedInferencePipeline
+
+        rate = whisper.audio.SAMPLE_RATE
+        clips = [{"start": start / rate, "end": end / rate} for start, end in bounds]
+        segments, info = BatchedInferencePipeline(self.faster_whisper).transcribe(
+            audio,
+            language=language,
+            clip_timestamps=clips,
+            batch_size=batch_size,
+            beam_size=1,
+            temperature=0.0,
+            without_timestamps=True,
+        )
+        segments = list(segments)
+        text = " ".join(s.text.strip() for s in segments if s.text.strip())
+        tokens = [t for s in segments for t in s.tokens]
+        as_dicts = [
+            {"seek": s.seek, "start": s.start, "end": s.end, "text": s.text.strip()}
+            for s in segments
+        ]
+        return Transcript(text, tokens, info.language, as_dicts)
+
 
 # What a faster-whisper user runs once per file: load the model, transcribe, print the text.
 FIRST_TRANSCRIPT_SCRIPT = """

@@ -14,6 +14,7 @@ SPEED_ROWS = (
     ("encoder_ms", "encoder, 30 s window (ms)"),
     ("decode_ms_per_token", "decoding (ms per token)"),
     ("end_to_end_rtf", "end to end (real-time factor)"),
+    ("batched_rtf", "long audio, chunks in one batch (real-time factor)"),
     ("first_transcript_s", "time to first transcript, new process (s)"),
 )
 
@@ -53,6 +54,8 @@ def speed_section(speed: dict[str, Any] | None) -> Section | None:
             f"End-to-end work (30 s windows encoded, tokens kept): {done}. Where an engine's last "
             "segment of a window ends decides whether the tail takes a window of its own."
         )
+    if batched := speed.get("batched"):
+        bullets.append(_batched_text(batched, engines))
     if clip := speed.get("first_transcript_clip"):
         bullets.append(
             f"Time to first transcript: {clip['name']} ({clip['seconds']:.1f} s), a new process "
@@ -69,6 +72,26 @@ def speed_section(speed: dict[str, Any] | None) -> Section | None:
         bullets.append(f"MAX compile: cold {cold_text}, warm (cached) {compile_s['warm']:.1f} s")
     tables = [Table(("measure", *engines.values()), rows), _speedup_table(speed, measures)]
     return Section("Speed", bullets, tables, ["speed.png"])
+
+
+def _batched_text(batched: dict[str, Any], engines: dict[str, str]) -> str:
+    chunks = ", ".join(f"{start:.1f}–{end:.1f}" for start, end in batched["chunks_s"])
+    written = "; ".join(
+        f"{engines.get(e, e)} {w['tokens']} tokens, "
+        f"{'the same as PyTorch' if w['tokens_equal_to_torch'] else 'not the same as PyTorch'}, "
+        f"WER {w['wer']:.1%}"
+        for e, w in batched["engines"].items()
+        if e != "torch"
+    )
+    torch_wer = batched["engines"].get("torch", {}).get("wer")
+    torch_text = "" if torch_wer is None else f" (PyTorch's WER {torch_wer:.1%})"
+    clips, seconds = len(batched["clips"]), batched["seconds"]
+    return (
+        f"Long audio: {clips} fixture clips end to end ({seconds:.0f} s), "
+        f"cut into 30 s chunks at pauses ({chunks} s) and decoded {batched['batch_size']} chunks "
+        "per batch, greedy, no timestamps: openai-whisper's decode for PyTorch and MAX, "
+        f"faster-whisper's BatchedInferencePipeline on the same chunks{torch_text}. {written}."
+    )
 
 
 def _speedup_table(speed: dict[str, Any], measures: list[tuple[str, str]]) -> Table:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import whisper
 from whisper.decoding import Inference, PyTorchInference
@@ -22,6 +23,7 @@ from whisper.decoding import Inference, PyTorchInference
 from harness.compare.decoder_parity import tokenizer
 from harness.inputs.audio import load_audio
 from harness.inputs.checkpoints import Checkpoint
+from harness.max_whisper.batched import chunk_bounds, transcribe_batched
 from harness.max_whisper.inference import MaxInference
 from harness.max_whisper.whisper import MaxWhisper, Transcript, transcribe
 from harness.peers.ctranslate2 import CTranslate2Whisper
@@ -36,6 +38,7 @@ class Backend:
     encode: Callable[[torch.Tensor], Any]  # (1, n_mels, 3000) mel
     decode_seconds: Callable[[torch.Tensor, torch.Tensor, int], float]  # prompt, features, n
     transcribe: Callable[[Path], Transcript]
+    transcribe_batched: Callable[[np.ndarray], Transcript]  # long audio, 30 s chunks batched
 
 
 def torch_backend(reference: TorchWhisper) -> Backend:
@@ -45,6 +48,7 @@ def torch_backend(reference: TorchWhisper) -> Backend:
         reference.encode,
         reference.decode_seconds,
         reference.transcribe,
+        reference.transcribe_batched,
     )
 
 
@@ -58,6 +62,7 @@ def max_backend(candidate: MaxWhisper) -> Backend:
         candidate.encoder,
         max_decode_seconds,
         lambda clip: transcribe(candidate, load_audio(clip)),
+        lambda audio: transcribe_batched(candidate, audio),
     )
 
 
@@ -71,6 +76,7 @@ def ctranslate2_backend(peer: CTranslate2Whisper) -> Backend:
         lambda mel: peer.encode(mel.numpy()),
         peer_decode_seconds,
         lambda clip: peer.transcribe(load_audio(clip)),
+        lambda audio: peer.transcribe_batched(audio, chunk_bounds(audio)),
     )
 
 
@@ -109,6 +115,10 @@ class TorchWhisper:
     def transcribe(self, clip: Path) -> Transcript:
         with self.running():
             return transcribe(self.model, load_audio(clip))
+
+    def transcribe_batched(self, audio: np.ndarray) -> Transcript:
+        with self.running():
+            return transcribe_batched(self.model, audio)
 
 
 def transcription_prompt(checkpoint: Checkpoint) -> torch.Tensor:

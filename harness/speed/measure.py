@@ -14,6 +14,10 @@ What each engine runs for each measure is in ``backends``.
   timed as the marginal cost per token (``ctranslate2_peer``).
 * ``end_to_end_rtf``: audio file to text over the clip's duration: ``whisper.transcribe`` for
   PyTorch and MAX, faster-whisper's ``transcribe`` for CTranslate2, greedy at temperature 0.
+* ``batched_rtf``: long audio (``long_audio``, ~100 s) over its duration, its 30 s chunks
+  encoded and decoded as one batch (``max_whisper.batched``; faster-whisper's
+  ``BatchedInferencePipeline`` on the same chunks for CTranslate2), and in ``batched`` what
+  each engine wrote: tokens, equality to PyTorch's, word error rate against the true text.
 * ``compile_s``: MAX compiling the fused encoder graph with a warm disk cache, and, on request,
   with an empty one (``cold``, a minute or more on 2 cores, so ``None`` unless asked for).
 * ``load_s``: PyTorch building the model from the checkpoint file, MAX binding the weights of its
@@ -38,13 +42,16 @@ from typing import Any
 
 import torch
 import whisper
+from whisper.audio import SAMPLE_RATE
 
 from harness.child_process import child_env
-from harness.compare.transcripts import transcription_language
+from harness.compare.transcripts import first_difference, transcription_language
+from harness.compare.wer import word_error_rate
 from harness.inputs import checkpoints
 from harness.inputs.audio import audio_duration_s, load_audio
 from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
+from harness.max_whisper.batched import BATCH_SIZE, chunk_bounds
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.max_whisper.whisper import MaxWhisper, Transcript
 from harness.paths import FIXTURES
@@ -61,6 +68,7 @@ from harness.speed.backends import (
     transcription_prompt,
 )
 from harness.speed.first_transcript import harness_command
+from harness.speed.long_audio import long_audio
 
 # 6 s of LibriVox: a clip a person transcribes with one command
 FIRST_TRANSCRIPT_CLIP = FIXTURES / "speech" / "librivox_0920.wav"
@@ -83,6 +91,7 @@ class Plan:
     tokens: int = 48  # decoded per run, after the prompt
     cold_compile: bool = False  # a minute or more on 2 cores
     first_clip: Path = FIRST_TRANSCRIPT_CLIP  # for time to first transcript; None: not timed
+    batched: bool = True  # time long audio decoded as one batch
 
 
 def measure(
@@ -107,6 +116,7 @@ def measure(
             "runs": plan.runs,
             "engines": {b.name: b.label for b in backends},
             **_execution(checkpoint, backends, plan, progress),
+            **_batched(backends, plan, progress),
             **_first_transcripts(checkpoint, candidate, modes, peers, plan, progress),
             "compile_s": {
                 "cold": cold_compile_seconds(checkpoint, engine) if plan.cold_compile else None,
@@ -139,7 +149,7 @@ def _execution(
         timed_inside=True,
     )
     progress(f"speed: transcribing {plan.clip.name}")
-    duration = len(audio) / whisper.audio.SAMPLE_RATE
+    duration = len(audio) / SAMPLE_RATE
     work = {b.name: transcript_work(b.transcribe(plan.clip)) for b in backends}  # the warm-up
     end_to_end = side_by_side(
         {b.name: partial(b.transcribe, plan.clip) for b in backends},
@@ -154,6 +164,38 @@ def _execution(
         "end_to_end_rtf": end_to_end,
         "end_to_end_clip": {"name": plan.clip.name, "seconds": round(duration, 3)},
         "end_to_end_work": work,
+    }
+
+
+def _batched(backends: list[Backend], plan: Plan, progress: Notify) -> dict[str, Any]:
+    """``batched_rtf`` and ``batched``: the long audio as one batch of 30 s chunks, each
+    engine's first (untimed) transcript scored against PyTorch's and the true text."""
+    if not plan.batched:
+        return {}
+    long = long_audio()
+    bounds = chunk_bounds(long.samples)
+    progress(f"speed: {long.seconds:.0f} s of audio as {len(bounds)} chunks in one batch")
+    calls = {b.name: partial(b.transcribe_batched, long.samples) for b in backends}
+    written = {name: call() for name, call in calls.items()}  # the warm-up
+    timed = side_by_side(calls, plan.runs, 1 / long.seconds, warm=False)
+    reference = written[backends[0].name].tokens
+    return {
+        "batched_rtf": timed,
+        "batched": {
+            "seconds": round(long.seconds, 3),
+            "clips": [clip.name for clip in long.clips],
+            "chunks_s": [[start / SAMPLE_RATE, end / SAMPLE_RATE] for start, end in bounds],
+            "batch_size": BATCH_SIZE,
+            "engines": {
+                name: {
+                    "tokens": len(transcript.tokens),
+                    "tokens_equal_to_torch": transcript.tokens == reference,
+                    "first_difference": first_difference(transcript.tokens, reference),
+                    "wer": word_error_rate(transcript.text, long.text),
+                }
+                for name, transcript in written.items()
+            },
+        },
     }
 
 
