@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -224,6 +225,24 @@ def test_a_graph_another_process_compiled_in_another_unit_is_bound_through_it(tm
     for name, factor in (("a_copy", 1), ("d", 2)):
         out = to_numpy(engine.bind(name, {"w": w}).execute(engine.to_device(x))[0])
         np.testing.assert_array_equal(out, factor * x * w.numpy())
+
+
+def test_a_unit_bound_through_stored_units_is_not_built_again(tmp_path):
+    """The second time, a new process knows the graphs' digests from the store: it binds the
+    unit through the stored graphs without building one (a build would raise here)."""
+    Engine(store=tmp_path).compile_together([_weighted("a", "scale"), _weighted("d", "other")])
+    Engine(store=tmp_path).compile_together([_weighted("a_copy", "scale"), _weighted("d", "other")])
+
+    def unbuildable(name: str, kind: str) -> GraphSpec:
+        spec = _weighted(name, kind)
+        return replace(spec, build=lambda module: pytest.fail(f"{name} was built"))
+
+    engine = Engine(store=tmp_path)
+    engine.compile_together([unbuildable("a_copy", "scale"), unbuildable("d", "other")])
+    assert "a_copy" in engine.loaded and not engine.compile_seconds
+    x, w = np.arange(3, dtype=np.float32), torch.tensor([1.0, 2.0, 3.0])
+    out = to_numpy(engine.bind("a_copy", {"w": w}).execute(engine.to_device(x))[0])
+    np.testing.assert_array_equal(out, x * w.numpy())
 
 
 def test_the_store_tells_graphs_apart_by_their_whole_body(tmp_path):

@@ -183,7 +183,9 @@ class Engine:
         todo = list({s.name: s for s in specs if s.name not in self.units}.values())
         if not todo or self._load(todo):
             return
-        digests = {spec.name: _digest(spec.build(Module()), spec.name) for spec in todo}
+        digests = self._recorded_digests(todo) or {
+            spec.name: _digest(spec.build(Module()), spec.name) for spec in todo
+        }
         self._adopt_stored(digests)
         fresh, seen = [], set(self._by_digest)
         for spec in todo:
@@ -195,6 +197,27 @@ class Engine:
         for spec in todo:
             if spec.name not in self.units:
                 self._alias(spec.name, *self._by_digest[digests[spec.name]])
+        if (path := self._digests_path(todo)) and not path.is_file():
+            _write_text(path, json.dumps(digests))
+
+    def _digests_path(self, specs: list[GraphSpec]) -> Path | None:
+        """Where the MLIR digests of the graphs of ``specs`` are written down, beside the unit
+        file those specs would have: a unit bound through graphs of other stored units has no
+        file of its own, and building its graphs to find them again took a new process ~3 s
+        (tiny.en's q6_k step graph, whose encoder and selection graphs the report compiled)."""
+        path = self._unit_path(specs)
+        return path.with_suffix(".digests") if path else None
+
+    def _recorded_digests(self, specs: list[GraphSpec]) -> dict[str, str] | None:
+        """The digests ``compile_together`` wrote down for exactly these specs, or None. The
+        file is keyed by the specs' recipes (code included), so the graphs are the same."""
+        path = self._digests_path(specs)
+        try:
+            digests = json.loads(path.read_text()) if path else None
+        except (OSError, ValueError):
+            return None
+        names = {spec.name for spec in specs}
+        return digests if isinstance(digests, dict) and set(digests) == names else None
 
     def bind(self, name: str, weights: Mapping[str, torch.Tensor]) -> Model:
         """Graph ``name`` (``compile_together``) with ``weights`` by the names it declared.
