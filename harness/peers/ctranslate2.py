@@ -29,6 +29,7 @@ import whisper
 from harness.errors import HarnessError
 from harness.inputs import ctranslate2_format, pretrained
 from harness.inputs.checkpoints import Checkpoint
+from harness.max_whisper.batched import BATCH_SIZE
 from harness.max_whisper.whisper import Transcript
 from harness.paths import cache_dir
 
@@ -189,19 +190,14 @@ class CTranslate2Whisper:
             audio, language=language, beam_size=1, temperature=0.0
         )
         segments = list(segments)
-        text = "".join(s.text for s in segments)
-        tokens = [t for s in segments for t in s.tokens]
-        as_dicts = [
-            {"seek": s.seek, "start": s.start, "end": s.end, "text": s.text} for s in segments
-        ]
-        return Transcript(text, tokens, info.language, as_dicts)
+        return _transcript(segments, "".join(s.text for s in segments), info.language)
 
     def transcribe_batched(
         self,
         audio: np.ndarray,
         bounds: list[tuple[int, int]],
         language: str | None = "en",
-        batch_size: int = 8,
+        batch_size: int = BATCH_SIZE,
     ) -> Transcript:
         """faster-whisper's ``BatchedInferencePipeline`` on the chunks ``bounds`` (samples), as
         ``batched.transcribe_batched`` decodes them: greedy, temperature 0, no timestamps."""
@@ -220,12 +216,14 @@ class CTranslate2Whisper:
         )
         segments = list(segments)
         text = " ".join(s.text.strip() for s in segments if s.text.strip())
-        tokens = [t for s in segments for t in s.tokens]
-        as_dicts = [
-            {"seek": s.seek, "start": s.start, "end": s.end, "text": s.text.strip()}
-            for s in segments
-        ]
-        return Transcript(text, tokens, info.language, as_dicts)
+        return _transcript(segments, text, info.language)
+
+
+def _transcript(segments: list[Any], text: str, language: str) -> Transcript:
+    """faster-whisper's segments as the harness's ``Transcript``, ``text`` their joined text."""
+    tokens = [t for s in segments for t in s.tokens]
+    as_dicts = [{"seek": s.seek, "start": s.start, "end": s.end, "text": s.text} for s in segments]
+    return Transcript(text, tokens, language, as_dicts)
 
 
 # What a faster-whisper user runs once per file: load the model, transcribe, print the text.
