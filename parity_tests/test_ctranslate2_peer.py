@@ -76,6 +76,19 @@ def test_decoding_is_timed_per_token(synthetic):
     assert peer.decode_seconds(prompt, features, 32) > 0
 
 
+def test_decoding_times_two_calls_after_an_untimed_one(synthetic, monkeypatch):
+    """A one-token call takes the cost of the first call after another engine's turn, as the
+    prompt's untimed pass does for PyTorch and MAX; the marginal cost comes from the next two."""
+    checkpoint, peer, _, _, features = synthetic
+    prompt = list(whisper.tokenizer.get_tokenizer(True).sot_sequence_including_notimestamps)
+    generate, counts = peer.generate, []
+    monkeypatch.setattr(
+        peer, "generate", lambda f, p, n, **k: counts.append(n) or generate(f, p, n, **k)
+    )
+    peer.decode_seconds(prompt, features, 32)
+    assert counts == [1, 8, 32]
+
+
 def test_the_pretrained_package_folder_is_used_as_shipped(load_checkpoint):
     checkpoint = load_checkpoint("tiny.en")
     folder = ctranslate2_peer.model_folder(checkpoint)
