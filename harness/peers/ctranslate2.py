@@ -155,8 +155,8 @@ class CTranslate2Whisper:
 
         An untimed one-token call comes first, as the prompt's pass does for PyTorch and MAX: the
         first call after another engine's turn is slower (base float32, a 12-token call after
-        MAX's turn: ~350 ms against ~240 after CTranslate2's own), and timed it would shrink the
-        marginal cost (7.8 against 11-12 ms per token measured alone)."""
+        MAX's turn: 342-366 ms, after the one-token call 218-243; the 48-token call unchanged),
+        and timed it shrank the marginal cost (10.2 against 12.25 ms per token in those runs)."""
         few = max(1, tokens // 4)
         self.generate(features, prompt, 1, suppress_tokens=[self.eot])
         elapsed = {}

@@ -7,8 +7,7 @@ no engine pays for the one before it. The runs themselves are kept in the
 document: the spread is part of the result. Ratios are given from every MAX mode to every peer.
 What each engine runs for each measure is in ``backends``.
 
-* ``encoder_ms``: one 30 s window, batch 1, mel in, audio features out, each timed call right
-  after an untimed one (``side_by_side``'s ``primed``).
+* ``encoder_ms``: one 30 s window, batch 1, mel in, audio features out.
 * ``decode_ms_per_token``: greedy decoding with the KV cache, a fixed number of tokens after the
   prompt, from the same audio features. PyTorch and MAX run openai-whisper's ``Inference`` loop
   (argmax in PyTorch for both), the prompt's pass untimed; CTranslate2 its own ``generate``
@@ -140,8 +139,7 @@ def _execution(
     audio = load_audio(plan.clip)
     mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio), checkpoint.dims.n_mels)[None]
     progress("speed: encoder")
-    encoders = {b.name: partial(b.encode, mel) for b in backends}
-    encoder = side_by_side(encoders, plan.runs, 1e3, primed=True)
+    encoder = side_by_side({b.name: partial(b.encode, mel) for b in backends}, plan.runs, 1e3)
     features = backends[0].encode(mel)
     prompt = transcription_prompt(checkpoint)
     progress(f"speed: decoding {plan.tokens} tokens")
@@ -254,17 +252,12 @@ def side_by_side(
     timed_inside: bool = False,
     warm: bool = True,
     settle: float = SETTLE_S,
-    primed: bool = False,
 ) -> dict[str, Any]:
     """Medians and runs of every backend, in turns, after one untimed call of each (``warm``;
     False when the caller has made that call). Each timed call starts after ``settle`` seconds
     idle, so that it does not share the cores with the previous engine's spinning threads.
 
     ``timed_inside``: the callables return their own time (seconds), e.g. per token.
-    ``primed``: each timed call right after an untimed one of the same engine. The first call
-    after another engine's turn is slower, by an amount that differs by engine (a base encoder
-    window, CTranslate2 float32: 893 ms in turns with PyTorch and MAX, 793 in turns with int8
-    alone), which a short measure would count against that engine.
     """
     for function in backends.values() if warm else ():
         function()
@@ -272,8 +265,6 @@ def side_by_side(
     for _ in range(runs):
         for name, function in backends.items():
             time.sleep(settle)
-            if primed:
-                function()
             start = time.perf_counter()
             inner = function()
             times[name].append((inner if timed_inside else time.perf_counter() - start) * scale)
