@@ -277,15 +277,68 @@ def test_linear_cases_are_what_they_say(case):
 
 def test_the_causal_mask_matters(case, rel_l2_limit):
     """Masked and unmasked self-attention differ far beyond tolerance wherever a query has a
-    future key (n > 1): the masked case does not pass by ignoring its mask (MAX 26.7 fuses the
-    textbook spelling of masked attention into a kernel that drops the mask, which is why
-    ``layers.attention_float32`` spells softmax out)."""
+    future key (n > 1): the masked case does not pass by ignoring its mask (MAX 26.7 loses a
+    mask built in the graph inside ``ops.softmax``, which is why ``layers.attention_float32``
+    spells softmax out; see below)."""
     _, inputs, outputs = case
     masked, unmasked = outputs["causal_self_attention"], outputs["self_attention"]
     if inputs["x"].shape[1] == 1:  # nothing to hide: the two agree to round-off
         assert compare(masked, unmasked)["rel_l2"] <= rel_l2_limit
     else:
         assert compare(masked, unmasked)["rel_l2"] > 1000 * rel_l2_limit
+
+
+# -- MAX 26.7's lost mask, narrowed down ---------------------------------------------------
+
+
+def softmax_mask_graph(device_ref: DeviceRef) -> Graph:
+    """Three softmaxes of (batch, n, n) scores under the decoder's causal mask (``attention_mask``,
+    -inf above the diagonal): ``alone``, the mask built in the graph with no other user; ``input``,
+    the mask a graph input; ``shared``, a mask built in the graph that the graph also outputs.
+    No product by v follows: it is softmax, not fused attention, that loses the mask."""
+    scores = TensorType(DType.float32, ["batch", "n", "n"], device_ref)
+    mask = TensorType(DType.float32, ["n", "n"], device_ref)
+    with Graph("test_softmax_mask", input_types=[scores, scores, scores, mask]) as graph:
+        alone, given, shared, mask_input = (v.tensor for v in graph.inputs)
+        scope, n = Scope("", DType.float32, device_ref), alone.shape[1]
+
+        def causal() -> TensorValue:
+            return decoder.attention_mask(
+                scope, ops.constant(0, DType.int64, DeviceRef.CPU()), n, n
+            )
+
+        shared_mask = causal() * 2.0  # not the same value as alone's, so not merged with it
+        graph.output(
+            ops.softmax(alone + causal()),
+            ops.softmax(given + mask_input),
+            ops.softmax(shared + shared_mask),
+            shared_mask,
+        )
+    return graph
+
+
+@pytest.mark.slow
+def test_max_loses_a_mask_built_in_the_graph_inside_softmax(engine):
+    """MAX 26.7 fuses a causal mask computed in the graph into ``ops.softmax``'s input and returns
+    the unmasked softmax, the bug behind the ``fused_masked_attention`` fault; the same mask
+    given as an input, or with a second user (so it is materialised), is kept. When ``alone``
+    comes out right, MAX has fixed it: ``layers.attention_float32`` may drop its spelled-out
+    softmax (run ``fixtures/repro/fused_masked_attention`` to confirm)."""
+    graph = softmax_mask_graph(engine.device_ref)
+    model = engine.init(engine.compile(lambda: graph, graph.name), {})
+    rng = np.random.default_rng(0)
+    scores = [rng.standard_normal((2, 5, 5), dtype=np.float32) for _ in range(3)]
+    causal = np.triu(np.full((5, 5), -np.inf, dtype=np.float32), 1)
+    outputs = model.execute(*(engine.to_device(a) for a in [*scores, causal]))
+    alone, given, shared = (to_numpy(out) for out in outputs[:3])
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    np.testing.assert_allclose(given, softmax(scores[1] + causal), atol=1e-6)
+    np.testing.assert_allclose(shared, softmax(scores[2] + 2 * causal), atol=1e-6)
+    np.testing.assert_allclose(alone, softmax(scores[0]), atol=1e-6)  # the mask is lost
 
 
 # -- bad inputs: what MAX refuses, and what only parity catches ------------------------------

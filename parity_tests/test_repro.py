@@ -245,7 +245,7 @@ def test_fused_attention_bug_minimises_to_one_head_two_tokens(
 
 @slow
 def test_fused_attention_mask_is_still_dropped_by_this_max(clean_python, tmp_path):
-    """MAX 26.7 fuses softmax((q kᵀ + mask) · scale) v and drops an in-graph causal mask. When
+    """MAX 26.7 loses an in-graph causal mask fused into softmax((q kᵀ + mask) · scale). When
     this fails, MAX has fixed it: the decoder's masked attention (layers.attention_float32) may
     go back to the fused form; regenerate the fixture with its README's command."""
     shutil.copytree(FUSED_REPRO, tmp_path / "repro")

@@ -127,8 +127,8 @@ MAX_BUGS: tuple[Fault, ...] = (
         "fused_masked_attention",
         Variant(fused_masked_attention=True),
         "decoder.blocks.0",
-        "masked attention written as softmax((q kᵀ + mask) · scale) v, the form MAX 26.7 fuses "
-        "into one attention op that silently drops an additive mask built in the graph",
+        "masked attention written as softmax((q kᵀ + mask) · scale) v: MAX 26.7 fuses the mask, "
+        "built in the graph, into the softmax and silently loses it",
         "attn",
     ),
 )

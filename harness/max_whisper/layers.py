@@ -212,8 +212,9 @@ def attention_float32(
 ) -> TensorValue:
     """Unmasked, the product is written as ``softmax(scores * scale) @ v``, the exact operand
     order in which MAX's compiler recognises fused attention. Masked, softmax is spelled out:
-    MAX 26.7 fuses ``softmax(scores * scale + mask) @ v`` (in every arrangement tried) into
-    attention that silently drops the mask, which this harness caught as decoder drift.
+    MAX 26.7 fuses a mask built in the graph into ``ops.softmax``'s input and returns the
+    unmasked softmax (with or without the product by v; an input mask, or one with a second
+    user, is kept: ``test_layers.py``), which this harness caught as decoder drift.
     """
     scale = scope.variant.attention_scale(int(q.shape[-1]))
     axis = -2 if scope.variant.softmax_over_queries else -1
