@@ -245,6 +245,20 @@ def test_a_unit_bound_through_stored_units_is_not_built_again(tmp_path):
     np.testing.assert_array_equal(out, x * w.numpy())
 
 
+def test_a_unit_max_compiled_before_under_other_names_is_bound_by_ours(tmp_path):
+    """MAX 26.7's compile cache knows a module by its body, not its graphs' names: compiled again
+    under new names (here a store that lost the first unit, as eviction leaves it), it comes back
+    with the old ones, and ``init_all`` keys the models by those."""
+    x, w = np.arange(3, dtype=np.float32), torch.tensor([1.0, 2.0, 3.0])
+    old = [_weighted("old_one", "scale"), _weighted("old_twice", "twice", twice=True)]
+    Engine(store=tmp_path / "first").compile_together(old)
+    engine = Engine(store=tmp_path / "second")
+    engine.compile_together([_weighted("one", "scale"), _weighted("twice", "twice", twice=True)])
+    for name, factor in (("one", 1), ("twice", 2)):
+        out = to_numpy(engine.bind(name, {"w": w}).execute(engine.to_device(x))[0])
+        np.testing.assert_array_equal(out, factor * x * w.numpy())
+
+
 def test_the_store_tells_graphs_apart_by_their_whole_body(tmp_path):
     engine = Engine(store=tmp_path)
     one, same, other = _graph("g", 2.0), _graph("g", 2.0), _graph("g", 3.0)

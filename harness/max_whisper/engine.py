@@ -235,7 +235,8 @@ class Engine:
         }
         kind = unit.kinds[graph]
         registry.update({f"{kind}/{weight}": value for weight, value in weights.items()})
-        return self.session.init_all(unit.compiled, weights_registry=registry)[graph]
+        models = self.session.init_all(unit.compiled, weights_registry=registry)
+        return models[_runtime_names(unit, list(models))[graph]]
 
     def _load(self, specs: list[GraphSpec]) -> bool:
         """Read the module of exactly ``specs`` from the store; False when it holds none."""
@@ -395,6 +396,16 @@ def _unit(compiled: CompiledModel, record: Mapping[str, dict]) -> Unit:
     kinds = {name: graph["kind"] for name, graph in record.items()}
     declared = {name: _declared(graph["weights"]) for name, graph in record.items()}
     return Unit(compiled, kinds, declared)
+
+
+def _runtime_names(unit: Unit, runtime: list[str]) -> dict[str, str]:
+    """Our name of each of ``unit``'s graphs -> the name MAX gave its model, graph by graph in
+    order. MAX 26.7's compile cache knows a module by its body, not its graphs' names: a unit
+    compiled before under other names (by a process whose store entry is gone) comes back with
+    those."""
+    if len(runtime) != len(unit.kinds):
+        raise HarnessError(f"MAX returned {len(runtime)} models for a unit of {len(unit.kinds)}")
+    return dict(zip(unit.kinds, runtime, strict=True))
 
 
 def _write_text(path: Path, text: str) -> None:
