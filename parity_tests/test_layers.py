@@ -20,6 +20,9 @@ MLIR, so it never collides with a model's graph either.
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import cache
@@ -35,11 +38,13 @@ from max.graph import DeviceRef, Graph, TensorType, TensorValue, ops
 from torch import nn
 from whisper.model import ModelDimensions, Whisper
 
+from harness.child_process import child_env
 from harness.compare.metrics import compare
 from harness.max_whisper import decoder, encoder
 from harness.max_whisper.engine import Engine, to_numpy
 from harness.max_whisper.layers import Scope, check_bound, declared_weights, layer_norm, linear, mlp
 from harness.max_whisper.weights import registry
+from harness.paths import FIXTURES
 
 N_STATE, N_HEAD = 64, 4
 DIMS = ModelDimensions(
@@ -339,6 +344,18 @@ def test_max_loses_a_mask_built_in_the_graph_inside_softmax(engine):
     np.testing.assert_allclose(given, softmax(scores[1] + causal), atol=1e-6)
     np.testing.assert_allclose(shared, softmax(scores[2] + 2 * causal), atol=1e-6)
     np.testing.assert_allclose(alone, softmax(scores[0]), atol=1e-6)  # the mask is lost
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("count", "returncode"), [(2, 0), (3, -signal.SIGSEGV)])
+def test_max_compiler_crashes_on_three_chained_fused_attentions(count, returncode):
+    """``fixtures/repro/chained_fused_attention``: two chained attentions compile, three crash
+    MAX 26.7's compiler (SIGSEGV, ~3 s). When three compile, MAX has fixed it."""
+    script = FIXTURES / "repro" / "chained_fused_attention" / "repro.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(count)], env=child_env(), capture_output=True, text=True
+    )
+    assert done.returncode == returncode, done.stdout + done.stderr
 
 
 # -- bad inputs: what MAX refuses, and what only parity catches ------------------------------
