@@ -298,7 +298,7 @@ def test_the_causal_mask_matters(case, rel_l2_limit):
 
 def softmax_mask_graph(device_ref: DeviceRef) -> Graph:
     """Three softmaxes of (batch, n, n) scores under the decoder's causal mask (``attention_mask``,
-    -inf above the diagonal): ``alone``, the mask built in the graph with no other user; ``input``,
+    -inf above the diagonal): ``alone``, the mask built in the graph with no other user; ``given``,
     the mask a graph input; ``shared``, a mask built in the graph that the graph also outputs.
     No product by v follows: it is softmax, not fused attention, that loses the mask."""
     scores = TensorType(DType.float32, ["batch", "n", "n"], device_ref)
@@ -341,6 +341,7 @@ def test_max_loses_a_mask_built_in_the_graph_inside_softmax(engine):
         e = np.exp(z - z.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
 
+    # softmax weights lie in [0, 1]: float32 round-off is ~1e-7, a lost mask moves them by ~0.1-1
     np.testing.assert_allclose(given, softmax(scores[1] + causal), atol=1e-6)
     np.testing.assert_allclose(shared, softmax(scores[2] + 2 * causal), atol=1e-6)
     np.testing.assert_allclose(alone, softmax(scores[0]), atol=1e-6)  # the mask is lost
