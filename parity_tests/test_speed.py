@@ -8,6 +8,7 @@ weights. The report's own speed section (``parity.json["speed"]``) is checked in
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from harness.max_whisper.inference import MaxInference
 from harness.max_whisper.whisper import MaxWhisper
 from harness.peers import ctranslate2 as ctranslate2_peer
 from harness.report.build import DEFAULT_AUDIO
+from harness.report.speed_section import speed_section
+from harness.speed import machine
 from harness.speed.backends import TorchWhisper, decode_seconds, transcription_prompt
 from harness.speed.measure import side_by_side
 
@@ -74,6 +77,18 @@ def test_every_timed_call_starts_after_the_pause():
 
     side_by_side({"torch": run, "max": run}, runs=2, warm=False, settle=0.05)
     assert len(idle) == 4 and min(idle) >= 0.05
+
+
+def test_the_machine_is_written_beside_the_timings():
+    """Ratios hold for one kind of CPU only, so every speed section says which one it ran on."""
+    described = machine.describe()
+    assert described["cpus"] == len(os.sched_getaffinity(0))
+    assert described["date"] == datetime.date.today().isoformat()
+    assert set(described["caches"]) <= {"L1", "L2", "L3", "L4"}
+    assert described["memory_gib"] >= 1
+    line = next(b for b in speed_section({"machine": described}).bullets if "Machine" in b)
+    assert line.startswith(f"Machine: {described['cpu']}, {described['cpus']} CPUs")
+    assert line.endswith(f"measured {described['date']}")
 
 
 # -- benchmarks (make bench) ---------------------------------------------------------------------

@@ -32,6 +32,8 @@ def speed_section(speed: dict[str, Any] | None) -> Section | None:
         "one round (each engine's run i). A range that spans 1.00× is no lead: the machine's "
         "noise is larger than the difference.",
     ]
+    if "machine" in speed:
+        bullets.append(f"Machine: {_machine(speed['machine'])}")
     if "threads" in speed:
         bullets.append(f"CPU threads: {speed['threads']}")
     if "decode_tokens" in speed:
@@ -72,6 +74,17 @@ def speed_section(speed: dict[str, Any] | None) -> Section | None:
         bullets.append(f"MAX compile: cold {cold_text}, warm (cached) {compile_s['warm']:.1f} s")
     tables = [Table(("measure", *engines.values()), rows), _speedup_table(speed, measures)]
     return Section("Speed", bullets, tables, ["speed.png"])
+
+
+def _machine(machine: dict[str, Any]) -> str:
+    """One line for the report: 'Intel Xeon, 2 CPUs, AMX + AVX-512, L2 2 MiB, L3 480 MiB, ...'."""
+    parts = [machine["cpu"], f"{machine['cpus']} CPUs"]
+    if machine["simd"]:
+        parts.append(" + ".join(machine["simd"]))
+    parts += [f"{level} {size}" for level, size in machine["caches"].items()]
+    if machine["memory_gib"]:
+        parts.append(f"{machine['memory_gib']} GiB memory")
+    return ", ".join(parts) + f"; measured {machine['date']}"
 
 
 def _batched_text(batched: dict[str, Any], engines: dict[str, str]) -> str:

@@ -59,7 +59,7 @@ from harness.paths import FIXTURES
 from harness.peers import ctranslate2 as ctranslate2_peer
 from harness.peers.ctranslate2 import CTranslate2Whisper
 from harness.progress import Notify, silent
-from harness.speed import first_transcript
+from harness.speed import first_transcript, machine
 from harness.speed.backends import (
     Backend,
     TorchWhisper,
@@ -113,6 +113,7 @@ def measure(
     backends += [ctranslate2_backend(peer) for peer in peers]
     try:
         return {
+            "machine": machine.describe(),
             "threads": torch.get_num_threads(),
             "runs": plan.runs,
             "engines": {b.name: b.label for b in backends},
