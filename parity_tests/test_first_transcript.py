@@ -273,8 +273,13 @@ def test_least_recently_used_graphs_leave_a_full_store(tmp_path):
         path.write_bytes(b"x" * 100)
         stamp = time.time() - 100 * age
         os.utime(path, (stamp, stamp))
+    (tmp_path / "old.json").write_text("{}")
+    for digest, unit in (("a", "old.mef"), ("b", "new.mef")):  # the digest index
+        (tmp_path / f"{digest}.unit").write_text(unit)
     engine_module._evict(tmp_path, 250)
     assert sorted(p.stem for p in tmp_path.glob("*.mef")) == ["middle", "new"]
+    assert not (tmp_path / "old.json").exists()
+    assert [p.stem for p in tmp_path.glob("*.unit")] == ["b"]  # none names a unit not there
 
 
 class _SlowSession:

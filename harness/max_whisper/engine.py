@@ -25,6 +25,7 @@ through that unit rather than compiled again in another.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -469,10 +470,16 @@ def _claimed(path: Path | None) -> Iterator[None]:
 
 
 def _evict(store: Path, limit: int) -> None:
-    """Drop the least recently used graphs, and their weights, beyond ``limit`` bytes."""
-    for path in evict_least_recent(store.glob("*.mef"), limit):
-        path.with_suffix(".json").unlink(missing_ok=True)
-        path.with_suffix(".lock").unlink(missing_ok=True)
+    """Drop the least recently used units beyond ``limit`` bytes, with their records and the
+    digest index entries that name them (else each would cost a failed read to ask again)."""
+    evicted = {path.name for path in evict_least_recent(store.glob("*.mef"), limit)}
+    for name in evicted:
+        (store / name).with_suffix(".json").unlink(missing_ok=True)
+        (store / name).with_suffix(".lock").unlink(missing_ok=True)
+    for index in store.glob("*.unit") if evicted else ():
+        with contextlib.suppress(OSError):
+            if index.read_text().strip() in evicted:
+                index.unlink()
 
 
 @cache
