@@ -136,11 +136,16 @@ def test_quantised_weights_are_kept_on_disk(tmp_path, monkeypatch):
 
 
 def test_modes_parse_and_name_graphs(engine, load_checkpoint):
-    assert WeightsMode.parse("q4_0") == WeightsMode("q4_0", linear=True)
-    assert WeightsMode.parse("float16:logits") == WeightsMode("float16", linear=False)
-    assert WeightsMode.parse("q6_k").spec == "q6_k"
-    with pytest.raises(ValueError):
-        WeightsMode.parse("int8")
+    assert WeightsMode.parse("q4_0") == WeightsMode("q4_0") == WeightsMode("q4_0", "q4_0")
+    assert WeightsMode.parse("float16:logits") == WeightsMode("float16", linear="float32")
+    mixed = WeightsMode.parse("q6_k:logits+float16")
+    assert (mixed.encoding, mixed.linear_encoding) == ("q6_k", "float16")
+    for spec in ("q6_k", "q6_k:logits", "q6_k:logits+float16", "float32:logits+q4_0"):
+        assert WeightsMode.parse(spec).spec == spec
+    assert WeightsMode.parse("q6_k:logits+q6_k").spec == "q6_k"
+    for bad in ("int8", "q6_k:logits+int8", "q6_k:+float16", "q6_k:linear"):
+        with pytest.raises(ValueError):
+            WeightsMode.parse(bad)
     checkpoint = load_checkpoint("synthetic:tiny")
     state = checkpoint.state_dict()
     exact = MaxTextDecoder(checkpoint.dims, state, engine)
@@ -149,6 +154,10 @@ def test_modes_parse_and_name_graphs(engine, load_checkpoint):
     assert exact.graph_name("step").endswith("_faithful")
     assert q4.graph_name("step") == exact.graph_name("step") + "_wq4_0"
     assert q4.graph_name("block") == exact.graph_name("block")
+    # the names of the modes before mixed ones stay as they were (their compiled cache too)
+    tags = {spec: WeightsMode.parse(spec).tag for spec in ("float32", "q6_k", "q6_k:logits")}
+    assert tags == {"float32": "", "q6_k": "_wq6_k", "q6_k:logits": "_wq6_klogits"}
+    assert WeightsMode.parse("q6_k:logits+float16").tag == "_wq6_klogits_float16"
 
 
 # The pretrained-weights test: greedy decoding of real clips from PyTorch's encoder output,

@@ -235,6 +235,6 @@ def text_decoder_step(
             scope / "blocks" / i, x, attn, (kv[2 * i], kv[2 * i + 1]), n_head
         )
     x = ln(scope, ops.gather(x, rows, axis=1))  # (batch, len(rows), state)
-    if scope.weights_mode.exact:
+    if scope.weights_mode.encoding == "float32":
         return logits(x, embedding)
     return stored_logits(scope, x, dims)

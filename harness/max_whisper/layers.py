@@ -152,7 +152,9 @@ def linear(scope: Scope, x: TensorValue, n_in: int, n_out: int, bias: bool = Tru
     if scope.few_rows:
         rows = ops.reshape(x, [-1, n_in])
         if scope.weights_mode.quantizes_linear:
-            y = quantized.project(scope.weight, rows, "weight", n_out, scope.weights_mode.encoding)
+            y = quantized.project(
+                scope.weight, rows, "weight", n_out, scope.weights_mode.linear_encoding
+            )
         else:
             w = scope.weight("weight", [n_out, n_in])
             y = ops.permute(w @ ops.permute(rows, [1, 0]), [1, 0])

@@ -66,51 +66,68 @@ SUFFIX = re.compile(r"^(.*)\.(" + "|".join([*HALF, *ENCODINGS]) + r")$")
 class WeightsMode:
     """How the decoding step stores its matrices.
 
-    ``encoding``: ``float32`` (the default, today's exact graph), ``float16`` / ``bfloat16``
-    (half-precision weights, the activations cast to match) or a GGML block encoding read by
-    ``ops.qmatmul``. ``linear``: every linear layer of the step graph in that encoding too, not
-    only the logits product with the token embedding. Only the step graph reads the mode; the
-    stage graphs (parity) and the cross K/V graph stay float32.
+    ``encoding``: that of the logits product with the token embedding, the step's largest read
+    (80 of tiny.en's 113 MB): ``float32`` (the default, today's exact graph), ``float16`` /
+    ``bfloat16`` (half-precision weights, the activations cast to match) or a GGML block
+    encoding read by ``ops.qmatmul``. ``linear``: that of every linear layer of the step, the
+    same as ``encoding`` unless given. Only the step graph reads the mode; the stage graphs
+    (parity) and the cross K/V graph stay float32.
     """
 
     encoding: str = "float32"
-    linear: bool = True
+    linear: str = ""  # "": as ``encoding``
 
     def __post_init__(self) -> None:
-        if self.encoding not in MODES:
-            raise ValueError(f"unknown weights mode {self.encoding!r}: one of {', '.join(MODES)}")
+        for encoding in (self.encoding, self.linear_encoding):
+            if encoding not in MODES:
+                raise ValueError(f"unknown weights mode {encoding!r}: one of {', '.join(MODES)}")
+        if self.linear == self.encoding:
+            object.__setattr__(self, "linear", "")  # one spelling per mode, for == and names
+
+    @property
+    def linear_encoding(self) -> str:
+        return self.linear or self.encoding
 
     @property
     def exact(self) -> bool:
-        return self.encoding == "float32"
+        return self.encoding == "float32" and not self.quantizes_linear
 
     @property
     def quantizes_linear(self) -> bool:
-        return self.linear and not self.exact
+        return self.linear_encoding != "float32"
 
     @property
     def tag(self) -> str:
         """The mode in graph names: empty for float32, whose names stay as they were."""
         if self.exact:
             return ""
-        return f"_w{self.encoding}" + ("" if self.linear else "logits")
+        if not self.linear:
+            return f"_w{self.encoding}"
+        rest = "" if self.linear == "float32" else f"_{self.linear}"
+        return f"_w{self.encoding}logits{rest}"
 
     @property
     def spec(self) -> str:
-        if self.exact:
-            return "float32"
-        return self.encoding + ("" if self.linear else ":logits")
+        if not self.linear:
+            return self.encoding
+        rest = "" if self.linear == "float32" else f"+{self.linear}"
+        return f"{self.encoding}:logits{rest}"
 
     @classmethod
     def parse(cls, spec: str | WeightsMode) -> WeightsMode:
-        """``float32``, ``q4_0`` (logits and every linear layer) or ``q4_0:logits`` (the
-        logits product only); likewise for every encoding in ``MODES``."""
+        """``q6_k`` (the logits and every linear layer), ``q6_k:logits`` (the logits product
+        only, the linear layers float32) or ``q6_k:logits+float16`` (the linear layers in
+        float16); likewise for every encoding in ``MODES``."""
         if isinstance(spec, WeightsMode):
             return spec
         encoding, _, part = spec.partition(":")
-        if part not in ("", "logits"):
-            raise ValueError(f"unknown weights mode {spec!r}: '<encoding>' or '<encoding>:logits'")
-        return cls(encoding, linear=part != "logits")
+        part, _, linear = part.partition("+")
+        if part not in ("", "logits") or (linear and not part):
+            raise ValueError(
+                f"unknown weights mode {spec!r}: '<encoding>', '<encoding>:logits' or "
+                "'<encoding>:logits+<encoding>'"
+            )
+        return cls(encoding, linear=linear or ("float32" if part else ""))
 
 
 FLOAT32 = WeightsMode()
