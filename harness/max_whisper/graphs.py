@@ -54,13 +54,23 @@ class BoundGraphs:
         """The graph of ``kind``, compiled (once per name), with the weights under ``prefix``."""
         key = f"{kind}:{prefix}"
         if key not in self._models:
-            name = self.graph_name(kind)
-            self.engine.compile_together(self.specs(*self.unit(kind)))  # no-op when compiled
-            declared = self.engine.declared[name]
-            weights = self.weights(kind, prefix, declared)
-            check_bound(declared, weights, name)
-            self._models[key] = self.engine.bind(name, weights)
+            name, weights = self.binding(kind, prefix)
+            self.adopt(kind, prefix, self.engine.bind(name, weights))
         return self._models[key]
+
+    def binding(self, kind: str, prefix: str) -> tuple[str, dict[str, torch.Tensor]]:
+        """The graph of ``kind``'s name, compiled, and its weights under ``prefix``: what
+        ``Engine.bind_many`` takes, to bind several graphs of a unit at once."""
+        name = self.graph_name(kind)
+        self.engine.compile_together(self.specs(*self.unit(kind)))  # no-op when compiled
+        declared = self.engine.declared[name]
+        weights = self.weights(kind, prefix, declared)
+        check_bound(declared, weights, name)
+        return name, weights
+
+    def adopt(self, kind: str, prefix: str, model: Model) -> None:
+        """Keep ``model``, bound elsewhere (``binding``), as the graph of ``kind`` at ``prefix``."""
+        self._models[f"{kind}:{prefix}"] = model
 
     def unit(self, kind: str) -> tuple[str, ...]:
         """The kinds compiled with ``kind``. A planted fault's graphs are compiled one by one,

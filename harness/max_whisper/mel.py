@@ -125,11 +125,17 @@ class MaxLogMel:
     @property
     def model(self) -> Model:
         if self._model is None:
-            self.engine.compile_together([self.spec])
-            filters = mel_filters("cpu", self.n_mels).T.contiguous()
-            weights = {"dft_basis": torch.from_numpy(dft_basis()), "mel_filters": filters}
-            self._model = self.engine.bind(self.graph_name, weights)
+            self._model = self.engine.bind(*self.binding())
         return self._model
+
+    def binding(self) -> tuple[str, dict[str, torch.Tensor]]:
+        """The graph's name, compiled, and its weights (see ``BoundGraphs.binding``)."""
+        self.engine.compile_together([self.spec])
+        filters = mel_filters("cpu", self.n_mels).T.contiguous()
+        return self.graph_name, {"dft_basis": torch.from_numpy(dft_basis()), "mel_filters": filters}
+
+    def adopt(self, model: Model) -> None:
+        self._model = model
 
     @property
     def spec(self) -> GraphSpec:

@@ -63,6 +63,7 @@ class MaxWhisper:
         self.log_mel = MaxLogMel(self.dims.n_mels, engine, variant)
         self.audio_encoder = MaxAudioEncoder(self.dims, state, engine, variant)
         self.text_decoder = MaxTextDecoder(self.dims, state, engine, variant, weights)
+        self._loaded = False
 
     @property
     def name(self) -> str:
@@ -78,11 +79,19 @@ class MaxWhisper:
         """Compile what is not compiled yet and bind the weights of every graph transcription
         runs. Its graphs are one MAX module (``Engine.compile_together``): one compile, or one
         read from the store, for the log-mel, the encoder and the decoding graphs."""
+        if self._loaded:
+            return
         decoding = self.text_decoder.unit("step")
         specs = [self.log_mel.spec, *self.audio_encoder.specs("encoder")]
         self.engine.compile_together(specs + self.text_decoder.specs(*decoding))
-        self.audio_encoder.load()
-        self.text_decoder.load()
+        graphs = [(self.audio_encoder, "encoder", "encoder.")]
+        graphs += [(self.text_decoder, kind, "decoder.") for kind in ("cross_kv", "step", "select")]
+        bindings = [self.log_mel.binding(), *(g.binding(kind, p) for g, kind, p in graphs)]
+        models = self.engine.bind_many(dict(bindings))  # one init_all: see bind_many
+        self.log_mel.adopt(models[bindings[0][0]])
+        for (bound, kind, prefix), (name, _) in zip(graphs, bindings[1:], strict=True):
+            bound.adopt(kind, prefix, models[name])
+        self._loaded = True
 
     def encoder(self, mel: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.audio_encoder(mel.float().numpy()))
