@@ -41,10 +41,6 @@ class MaxAudioEncoder(BoundGraphs):
         self.check_mel(mel)
         return self._run("encoder", "encoder.", mel)
 
-    def load(self) -> None:
-        """Compile (unless already compiled) and bind the weights of the fused encoder."""
-        self.model("encoder", "encoder.")
-
     def check_mel(self, mel: np.ndarray) -> None:
         """A wrong mel is a user error, said in one line, not a MAX shape failure."""
         n_mels, frames = self.dims.n_mels, 2 * self.dims.n_audio_ctx

@@ -73,11 +73,6 @@ class MaxTextDecoder(BoundGraphs):
 
     # -- cached decoding ------------------------------------------------------------------------
 
-    def load(self) -> None:
-        """Compile (unless already compiled) and bind the weights of the decoding graphs."""
-        self.model("cross_kv", "decoder.")
-        self.model("step", "decoder.")
-
     def reset(self) -> None:
         """Forget the audio and the cached tokens (the cache buffers are kept for reuse)."""
         self.offset = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -86,11 +87,11 @@ class MaxWhisper:
         self.engine.compile_together(specs + self.text_decoder.specs(*decoding))
         graphs = [(self.audio_encoder, "encoder", "encoder.")]
         graphs += [(self.text_decoder, kind, "decoder.") for kind in ("cross_kv", "step", "select")]
-        bindings = [self.log_mel.binding(), *(g.binding(kind, p) for g, kind, p in graphs)]
-        models = self.engine.bind_many(dict(bindings))  # one init_all: see bind_many
-        self.log_mel.adopt(models[bindings[0][0]])
-        for (bound, kind, prefix), (name, _) in zip(graphs, bindings[1:], strict=True):
-            bound.adopt(kind, prefix, models[name])
+        wanted = [(self.log_mel.binding(), self.log_mel.adopt)]
+        wanted += [(g.binding(kind, p), partial(g.adopt, kind, p)) for g, kind, p in graphs]
+        models = self.engine.bind_many(dict(binding for binding, _ in wanted))  # one init_all
+        for (name, _), adopt in wanted:
+            adopt(models[name])
         self._loaded = True
 
     def encoder(self, mel: torch.Tensor) -> torch.Tensor:

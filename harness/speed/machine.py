@@ -2,8 +2,8 @@
 
 Two machines of the same cloud kind gave opposite verdicts on one question: on a 2-core AVX2
 EPYC, MAX float32 decoded tiny.en at 0.88x CTranslate2 float32's speed; on a 2-core AVX-512
-Xeon with a 480 MB L3 (the whole model in cache), 1.36x. A report that does not say which
-machine it ran on cannot be compared with another.
+Xeon with a 480 MB L3 (the whole model in cache), 1.29x (one report each, 2026-12-05). A report
+that does not say which machine it ran on cannot be compared with another.
 """
 
 from __future__ import annotations
