@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from max.dtype import DType
-from max.graph import DeviceRef, Graph, Module, TensorType
+from max.graph import DeviceRef, Graph, Module, TensorType, ops
 from whisper.model import AudioEncoder, TextDecoder
 
 from harness.errors import HarnessError
@@ -210,6 +210,34 @@ def test_a_unit_binds_each_of_its_graphs_and_a_graph_of_the_same_mlir_through_it
     again = Engine(store=tmp_path)
     again.compile_together([_weighted("a", "scale"), _weighted("b", "twice", twice=True)])
     assert again.loaded == {"a", "b"}
+
+
+def _calling(name: str, factor: float) -> GraphSpec:
+    """x * factor, computed in a subgraph: the graph's own MLIR names the call only."""
+
+    def build(module: Module) -> Graph:
+        input_type = TensorType(DType.float32, [3], DeviceRef.CPU())
+        with Graph(name, input_types=[input_type], module=module) as graph:
+            inner = graph.add_subgraph("scale", input_types=[input_type])
+            with inner:
+                inner.output(inner.inputs[0].tensor * factor)
+            graph.output(ops.call(inner, graph.inputs[0].tensor)[0].tensor)
+        return graph
+
+    return GraphSpec(name, "calling", build, recipe=f"{name} {factor}")
+
+
+def test_graphs_that_differ_inside_a_subgraph_are_not_bound_through_one_another(tmp_path):
+    """The fused encoder calls its block as a subgraph: one whose block differs (quantised
+    weights, a planted fault) must not be taken for the faithful one (it was)."""
+    engine = Engine(store=tmp_path)
+    engine.compile_together([_calling("twice", 2.0)])
+    engine.compile_together([_calling("thrice", 3.0)])
+    assert engine.aliases == {}
+    x = np.arange(3, dtype=np.float32)
+    for name, factor in (("twice", 2), ("thrice", 3)):
+        out = to_numpy(engine.bind(name, {}).execute(engine.to_device(x))[0])
+        np.testing.assert_array_equal(out, factor * x)
 
 
 def test_a_graph_another_process_compiled_in_another_unit_is_bound_through_it(tmp_path):

@@ -184,9 +184,7 @@ class Engine:
         todo = list({s.name: s for s in specs if s.name not in self.units}.values())
         if not todo or self._load(todo):
             return
-        digests = self._recorded_digests(todo) or {
-            spec.name: _digest(spec.build(Module()), spec.name) for spec in todo
-        }
+        digests = self._recorded_digests(todo) or {spec.name: _digest(spec) for spec in todo}
         self._adopt_stored(digests)
         fresh, seen = [], set(self._by_digest)
         for spec in todo:
@@ -194,7 +192,7 @@ class Engine:
                 seen.add(digests[spec.name])
                 fresh.append(spec)
         if fresh:
-            self._compile_unit(fresh)
+            self._compile_unit(fresh, digests)
         for spec in todo:
             if spec.name not in self.units:
                 self._alias(spec.name, *self._by_digest[digests[spec.name]])
@@ -299,21 +297,23 @@ class Engine:
         path = self._store_path(f"digest {digest}", "digest")
         return path.with_suffix(".unit") if path else None
 
-    def _compile_unit(self, specs: list[GraphSpec]) -> None:
+    def _compile_unit(self, specs: list[GraphSpec], digests: Mapping[str, str]) -> None:
         """Compile ``specs`` as one module, unless the store has it by the time this process
         holds the unit's claim (another process may have been compiling it)."""
         path = self._unit_path(specs)
         with _claimed(path):
             if not self._load(specs):
-                self._compile_new_unit(specs, path)
+                self._compile_new_unit(specs, path, digests)
 
-    def _compile_new_unit(self, specs: list[GraphSpec], path: Path | None) -> None:
+    def _compile_new_unit(
+        self, specs: list[GraphSpec], path: Path | None, digests: Mapping[str, str]
+    ) -> None:
         module = Module()
         graphs = [spec.build(module) for spec in specs]
-        record = {  # before compiling, which rewrites the module's MLIR in place
+        record = {
             spec.name: {
                 "kind": spec.kind,
-                "digest": _digest(graph, spec.name),
+                "digest": digests[spec.name],
                 "weights": _record(declared_weights(graph)),
             }
             for spec, graph in zip(specs, graphs, strict=True)
@@ -459,14 +459,20 @@ def _notice(specs: list[GraphSpec]) -> str:
     return ", ".join([specs[0].name, *(s.kind for s in specs[1:])])
 
 
-def _digest(graph: Graph, name: str) -> str:
-    """The graph's MLIR but for its name: equal for graphs that compute the same thing.
+def _digest(spec: GraphSpec) -> str:
+    """The MLIR of the graph of ``spec`` and of the subgraphs it calls, but for its name: equal
+    for graphs that compute the same thing.
 
-    MAX 26.7 ends a graph with a ``{counter = N : i64}`` attribute that differs between two
-    builds of the same graph in one process (80 on a fresh build of tiny's encoder block, 96
-    on a later one), so it is left out."""
-    text = _COUNTER.sub("", str(graph).replace(f"mo.graph @{name}", "mo.graph @", 1))
-    return hashlib.sha256(text.encode()).hexdigest()
+    The graph is built into a module of its own, whose text holds the bodies of its subgraphs:
+    a graph's own text names a subgraph it calls, not what that computes, so a fused encoder
+    whose block differed (an experiment with quantised encoder weights) read as the faithful
+    one's and was bound through it. MAX 26.7 ends a graph with a ``{counter = N : i64}``
+    attribute that differs between two builds of the same graph in one process (80 on a fresh
+    build of tiny's encoder block, 96 on a later one), so it is left out."""
+    module = Module()
+    spec.build(module)
+    text = str(module.mlir_module).replace(f"mo.graph @{spec.name}", "mo.graph @", 1)
+    return hashlib.sha256(_COUNTER.sub("", text).encode()).hexdigest()
 
 
 @contextmanager
