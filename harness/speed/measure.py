@@ -300,12 +300,15 @@ def _round_ratios(peer: list[float], mine: list[float]) -> list[float]:
 
 
 def encoder_compile_seconds(encoder: MaxAudioEncoder) -> float:
-    """Compiling the fused encoder graph in a fresh session (same device and dtype): warm when
-    its kernels are in MAX's disk cache, as they are once ``encoder`` has run."""
-    engine = Engine(encoder.engine.device, encoder.engine.dtype)
-    graph = encoder.graph("encoder")
-    start = time.perf_counter()
-    engine.session.compile(graph)
+    """Compiling the fused encoder graph in a fresh session (same device and dtype) with it in
+    MAX's disk cache: the second of two compiles. The encoder that ran may have come from the
+    harness's store, or been compiled inside a module of several graphs, so the graph alone can
+    be missing from MAX's cache: one base report timed a full compile (68.6 s) as the warm one."""
+    for _ in range(2):  # the first puts it in MAX's cache; a compile rewrites its graph
+        graph = encoder.graph("encoder")
+        session = Engine(encoder.engine.device, encoder.engine.dtype).session
+        start = time.perf_counter()
+        session.compile(graph)
     return time.perf_counter() - start
 
 
