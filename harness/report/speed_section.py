@@ -34,6 +34,13 @@ def speed_section(speed: dict[str, Any] | None) -> Section | None:
     ]
     if "machine" in speed:
         bullets.append(f"Machine: {_machine(speed['machine'])}")
+    if (idle := speed.get("idle_cpu_share")) is not None:
+        bullets.append(
+            f"While idle after the timings this process burnt {idle:.0%} of a core: MAX 26.7 "
+            "keeps a thread that wakes ~4,300 times a second once a graph has run, and every "
+            "engine is timed beside it, PyTorch and CTranslate2 in the same process (it slowed "
+            "PyTorch's tiny.en encoder ~1.25x on a 2-core machine: README, Measuring)."
+        )
     if "threads" in speed:
         bullets.append(f"CPU threads: {speed['threads']}")
     if "decode_tokens" in speed:

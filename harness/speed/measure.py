@@ -120,6 +120,7 @@ def measure(
             **_execution(checkpoint, backends, plan, progress),
             **_batched(backends, plan, progress),
             **_first_transcripts(checkpoint, candidate, modes, peers, plan, progress),
+            "idle_cpu_share": machine.idle_cpu_share(),  # MAX has run by now
             "compile_s": {
                 "cold": cold_compile_seconds(checkpoint, engine) if plan.cold_compile else None,
                 "warm": encoder_compile_seconds(candidate.audio_encoder),
