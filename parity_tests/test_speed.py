@@ -142,9 +142,9 @@ print(before, wakeups())
     strict=True,
     raises=AssertionError,
     reason="MAX 26.7 starts a thread inside a model's first execute that waits on a condition "
-    "variable with a ~0.2 ms timeout, for the life of the process: ~4,300 wake-ups a second, "
+    "variable with a ~0.2 ms timeout, for the life of the process: ~4,500 wake-ups a second, "
     "~16% of a core while idle on the 2-core Xeon, and PyTorch and CTranslate2 timed beside it "
-    "run slower (README, Measuring). An XPASS means MAX's idle process is idle now.",
+    "run slower (README, Where MAX stands). An XPASS means MAX's idle process is idle now.",
 )
 def test_a_process_that_ran_a_max_graph_sleeps_when_idle():
     command = [sys.executable, "-c", WAKEUPS_AROUND_EXECUTE]

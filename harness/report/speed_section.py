@@ -37,9 +37,9 @@ def speed_section(speed: dict[str, Any] | None) -> Section | None:
     if (idle := speed.get("idle_cpu_share")) is not None:
         bullets.append(
             f"While idle after the timings this process burnt {idle:.0%} of a core: MAX 26.7 "
-            "keeps a thread that wakes ~4,300 times a second once a graph has run, and every "
+            "keeps a thread that wakes ~4,500 times a second once a graph has run, and every "
             "engine is timed beside it, PyTorch and CTranslate2 in the same process (it slowed "
-            "PyTorch's tiny.en encoder ~1.25x on a 2-core machine: README, Measuring)."
+            "PyTorch's tiny.en encoder ~1.25x on a 2-core machine: README, Where MAX stands)."
         )
     if "threads" in speed:
         bullets.append(f"CPU threads: {speed['threads']}")

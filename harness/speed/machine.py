@@ -40,7 +40,7 @@ def idle_cpu_share(seconds: float = 1.0) -> float:
     """The share of one core this process burns while its own thread sleeps ``seconds``.
 
     Every engine is timed beside it. Once a process has run a MAX graph, MAX 26.7 keeps a thread
-    (started inside ``execute``) that wakes ~4,300 times a second: ~16% of a core while idle, for
+    (started inside ``execute``) that wakes ~4,500 times a second: ~16% of a core while idle, for
     the life of the process. On the 2-core AVX-512 Xeon it slowed PyTorch's tiny.en encoder from
     181-192 ms to 222-241 in the same process, and from 213-223 to 260-277 in another process
     while an idle MAX process was alive (2026-12-05, ``test_speed.py`` keeps the check).
