@@ -14,6 +14,9 @@ from harness.compare import tolerances
 from harness.inputs import checkpoints
 from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.engine import Engine
+from harness.stacks import dump_on_request
+
+dump_on_request()  # for make test's watchdog (parity_tests/run_files.py)
 
 
 @pytest.fixture(scope="session")

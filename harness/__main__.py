@@ -10,6 +10,9 @@ import os
 import sys
 
 from harness.cli import main
+from harness.stacks import dump_on_request
+
+dump_on_request()
 
 code = main()
 if sys.argv[1:2] == ["transcribe"]:
