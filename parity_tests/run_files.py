@@ -13,7 +13,8 @@ against 17 min alone. Two files asking for the same graph do not compile it twic
 waits for the first's and reads it (``engine._claimed``).
 
 A watchdog: a file whose processes together use less than ``HUNG_SHARE`` of a core for
-``HUNG_S`` is hung (a CI run hung 80 minutes in test_cli.py and printed nothing). Its Python
+``HUNG_S``, or that runs past twice its cold time (``limit_s``), is hung (a CI run hung 80
+minutes in test_cli.py, warm 8 minutes, and printed nothing). Its Python
 stacks (``harness/stacks.py``) and, where gdb is installed, native ones are printed, its
 processes killed, and the file run once more: a hang says nothing of its assertions, which the
 second run makes in full. The summary names every file that hung; two hangs fail it.
@@ -41,17 +42,17 @@ from harness.stacks import STACKS  # noqa: E402
 LANES = 2
 # The files that took longest cold (empty caches), longest first, so that the short ones fill
 # the gaps at the end; the others follow in name order. Minutes in two pinned lanes, 2026-12-04.
-LONGEST_FIRST = [
-    "test_repro.py",  # 56.8: every planted fault's repro.py compiles its own graph
-    "test_cli.py",  # 22.7
-    "test_faults.py",  # 3.8 (after test_repro.py compiled its faults' graphs)
-    "test_decoder.py",  # 14.8
-    "test_pretrained.py",  # 6.4
-    "test_encoder.py",  # 3.8
-    "test_fixture_model.py",  # 4.1
-    "test_candidates.py",  # 6.4
-    "test_quantized.py",  # 6.3
-]
+LONGEST_FIRST = {
+    "test_repro.py": 56.8,  # every planted fault's repro.py compiles its own graph
+    "test_cli.py": 22.7,
+    "test_faults.py": 3.8,  # after test_repro.py compiled its faults' graphs
+    "test_decoder.py": 14.8,
+    "test_pretrained.py": 6.4,
+    "test_encoder.py": 3.8,
+    "test_fixture_model.py": 4.1,
+    "test_candidates.py": 6.4,
+    "test_quantized.py": 6.3,
+}
 # Hung: a file's processes together below a third of a core for ten minutes. MAX's idle thread
 # alone burns ~16% of a core (test_speed.py); a file waiting for another's compile waits minutes.
 HUNG_S = 600
@@ -59,6 +60,11 @@ HUNG_SHARE = 1 / 3
 POLL_S = 10
 STARTED = time.monotonic()
 PRINTING = threading.Lock()  # two lanes: one whole message at a time
+
+
+def limit_s(path: Path) -> float:
+    """Twice the file's cold time, and 20 minutes at least."""
+    return max(2 * LONGEST_FIRST.get(path.name, 0), 20) * 60
 
 
 def ordered(folder: Path) -> list[Path]:
@@ -101,29 +107,30 @@ def run(path: Path, options: list[str], cores: set[int]) -> tuple[Path, int | No
             env={**os.environ, STACKS: stacks},
             preexec_fn=lambda: os.sched_setaffinity(0, cores),
         )
-        code = watch(process, Path(stacks))
+        code = watch(process, Path(stacks), limit_s(path))
         out.seek(0)
         output = out.read()
         if code is None:
             output += hung_report(path, Path(stacks))
     seconds = time.monotonic() - start
     # Exit 5: every test of the file deselected (``-m "not slow"``), not a failure.
-    status = {0: "passed", 5: "passed", None: f"HUNG: killed after {HUNG_S // 60} min idle"}
+    status = {0: "passed", 5: "passed", None: "HUNG: killed"}
     ended = status.get(code, f"FAILED (exit {code})")
     say(f"{output}{clock()} {path.name}: {ended} in {seconds:.0f} s")
     return path, code, seconds
 
 
-def watch(process: subprocess.Popen, stacks: Path) -> int | None:
-    """``process``'s exit code; None if its tree went idle for ``HUNG_S``: then its stacks are
-    written to ``stacks`` and the tree is killed."""
-    busy_at, cpu = time.monotonic(), tree_cpu_seconds(process.pid)
+def watch(process: subprocess.Popen, stacks: Path, limit: float) -> int | None:
+    """``process``'s exit code; None if its tree went idle for ``HUNG_S`` or ran past ``limit``
+    seconds: then its stacks are written to ``stacks`` and the tree is killed."""
+    start = busy_at = time.monotonic()
+    cpu = tree_cpu_seconds(process.pid)
     while process.poll() is None:
         time.sleep(POLL_S)
         now, used = time.monotonic(), tree_cpu_seconds(process.pid)
         if used - cpu > HUNG_SHARE * (now - busy_at):
             busy_at, cpu = now, used
-        elif now - busy_at > HUNG_S:
+        if now - busy_at > HUNG_S or now - start > limit:
             tree = descendants(process.pid)
             dump_stacks(tree, stacks)
             for pid in tree:

@@ -21,7 +21,7 @@ def test_an_idle_file_is_hung_says_where_and_is_killed(tmp_path, monkeypatch):
     monkeypatch.setattr(run_files, "HUNG_S", 2)
     monkeypatch.setattr(run_files, "POLL_S", 0.5)
     process = started(IDLE, tmp_path)
-    assert run_files.watch(process, tmp_path) is None
+    assert run_files.watch(process, tmp_path, limit=600) is None
     assert process.returncode is not None  # killed, not left behind
     report = run_files.hung_report(tmp_path / "test_x.py", tmp_path)
     assert "HUNG" in report and "time.sleep(60)" in report  # its command line
@@ -31,4 +31,14 @@ def test_an_idle_file_is_hung_says_where_and_is_killed(tmp_path, monkeypatch):
 def test_a_busy_file_is_left_to_finish(tmp_path, monkeypatch):
     monkeypatch.setattr(run_files, "HUNG_S", 2)
     monkeypatch.setattr(run_files, "POLL_S", 0.5)
-    assert run_files.watch(started(BUSY, tmp_path), tmp_path) == 0
+    assert run_files.watch(started(BUSY, tmp_path), tmp_path, limit=600) == 0
+
+
+def test_a_file_past_its_limit_is_hung_even_when_busy(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_files, "POLL_S", 0.5)
+    assert run_files.watch(started(BUSY, tmp_path), tmp_path, limit=1) is None
+
+
+def test_the_limit_is_twice_a_files_cold_time_and_20_minutes_at_least():
+    assert run_files.limit_s(run_files.Path("test_repro.py")) == 2 * 56.8 * 60
+    assert run_files.limit_s(run_files.Path("test_wer.py")) == 20 * 60
