@@ -15,12 +15,14 @@ import sys
 import time
 from collections.abc import Callable
 from itertools import count
+from pathlib import Path
 
 import pytest
 import torch
 import whisper
 
 from harness.child_process import child_env
+from harness.errors import HarnessError
 from harness.inputs.audio import load_audio
 from harness.max_whisper.engine import DTYPES, Engine
 from harness.max_whisper.inference import MaxInference
@@ -30,7 +32,8 @@ from harness.report.build import DEFAULT_AUDIO
 from harness.report.speed_section import speed_section
 from harness.speed import machine
 from harness.speed.backends import TorchWhisper, decode_seconds, transcription_prompt
-from harness.speed.measure import side_by_side
+from harness.speed.max_process import MaxProcess
+from harness.speed.measure import FIRST_TRANSCRIPT_CLIP, side_by_side
 
 BENCH_MODEL = os.environ.get("BENCH_MODEL", "tiny.en")
 BENCH_DTYPE = os.environ.get("BENCH_DTYPE", "float32")
@@ -50,7 +53,7 @@ def test_side_by_side_alternates_the_backends_and_reports_medians():
 
     names = ("torch", "max", "ct2-int8")
     backends = {name: backend(name) for name in names}
-    result = side_by_side(backends, runs=3, scale=10, timed_inside=True, settle=0)
+    result = side_by_side(backends, runs=3, scale=10, settle=0)
     assert calls == list(names) * 4  # one untimed warm-up each, then in turns
     assert result["runs"] == {
         "torch": [40, 70, 100],
@@ -71,12 +74,13 @@ def test_every_timed_call_starts_after_the_pause():
     idle: list[float] = []
     last = [time.perf_counter()]
 
-    def run() -> None:
+    def run() -> float:
         idle.append(time.perf_counter() - last[0])
         busy_until = time.perf_counter() + 0.002
         while time.perf_counter() < busy_until:  # a call that keeps the CPU busy
             pass
         last[0] = time.perf_counter()
+        return 0.002
 
     side_by_side({"torch": run, "max": run}, runs=2, warm=False, settle=0.05)
     assert len(idle) == 4 and min(idle) >= 0.05
@@ -98,7 +102,33 @@ def test_the_report_says_what_the_process_burns_while_idle():
     share = machine.idle_cpu_share(0.2)
     assert 0.0 <= share < 2.0  # of one core; the test process may have busy threads of its own
     line = next(b for b in speed_section({"idle_cpu_share": 0.16}).bullets if "idle" in b)
-    assert line.startswith("While idle after the timings this process burnt 16% of a core")
+    assert line.startswith(
+        "While idle after the timings, the process PyTorch and CTranslate2 ran in burnt 16% of"
+    )
+
+
+def state(pid: int) -> str:
+    """R running, S sleeping, T stopped, ... (proc(5))."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.slow  # a process of its own loads synthetic tiny's graphs
+def test_a_max_mode_is_timed_in_a_process_of_its_own_stopped_between_its_turns():
+    """This process never runs MAX, so nothing of MAX's runs beside the engines timed here."""
+    with MaxProcess("synthetic:tiny", "cpu", "float32", "float16") as child:
+        assert (child.name, child.label) == ("max-float16", "MAX float16 decoding")
+        assert state(child.process.pid) == "T"
+        assert 0 < child.backend.encode_seconds(torch.zeros(1, 80, 3000)) < 60
+        assert state(child.process.pid) == "T"
+        seconds, transcript = child.backend.transcribe(FIRST_TRANSCRIPT_CLIP)
+        assert 0 < seconds < 120 and transcript.tokens  # synthetic weights: tokens, not words
+        assert state(child.process.pid) == "T"
+    assert child.process.returncode is not None  # killed, not left stopped
+
+
+def test_a_max_process_that_cannot_load_says_so():
+    with pytest.raises(HarnessError, match="MAX float32: its timing process exited 1"):
+        MaxProcess("synthetic:nonesuch", "cpu", "float32", "float32")
 
 
 # In a fresh process: wake-ups of all its threads while the main one sleeps 1 s, before and

@@ -74,7 +74,7 @@ def build(
     MAX with each of the other decoding ``weights`` modes (quantised: ``quantized.py``) and,
     with ``peers`` (CPU, float32), CTranslate2 float32 and int8 run the same checkpoint through
     the same comparisons (``peer_parity.py``), each with its drift from PyTorch. With a
-    ``speed`` plan, PyTorch, MAX, its modes and the peers are then timed side by side.
+    ``speed`` plan, PyTorch, MAX, its modes and the peers are timed side by side, first.
     """
     limits = tolerances.load(dtype, device)
     clips = load_clips(audio or fixture_clips())
@@ -85,6 +85,10 @@ def build(
     reference = tracer.trace_encoder(checkpoint.model.encoder, mel[None])
     tokens = teacher_tokens(checkpoint, true_text(DEFAULT_AUDIO) or "")
     float64 = Float64Reference(checkpoint.model, reference["ln_post"])
+    engines, skipped = peer_engines(checkpoint, device, dtype) if peers else ([], "not asked for")
+    modes = [MaxWhisper(checkpoint, engine, weights=w) for w in weights if w != "float32"]
+    # Timed first: the peers in this process, before it runs MAX (speed/max_process.py says why).
+    timings = measure(checkpoint, candidate, speed, progress, engines, modes) if speed else None
     document = {
         **header(checkpoint, device, dtype, limits),
         "candidate": ours_section(),
@@ -111,8 +115,6 @@ def build(
     languages = compare_languages(checkpoint, candidate, clips, progress)
     if languages is not None:
         document["language"] = languages
-    engines, skipped = peer_engines(checkpoint, device, dtype) if peers else ([], "not asked for")
-    modes = [MaxWhisper(checkpoint, engine, weights=w) for w in weights if w != "float32"]
     if engines or modes:
         document["peers"] = peer_parity(
             checkpoint,
@@ -127,8 +129,8 @@ def build(
         )
     if skipped:
         document.setdefault("peers", {})["skipped"] = skipped
-    if speed:
-        document["speed"] = measure(checkpoint, candidate, speed, progress, engines, modes)
+    if timings:
+        document["speed"] = timings
     document["compile_s"] = engine.compile_seconds
     document["verdict"] = verdict(document)
     return document

@@ -34,12 +34,14 @@ def speed_section(speed: dict[str, Any] | None) -> Section | None:
     ]
     if "machine" in speed:
         bullets.append(f"Machine: {_machine(speed['machine'])}")
+    if where := speed.get("timing_process"):
+        bullets.append(f"Timed: {where}.")
     if (idle := speed.get("idle_cpu_share")) is not None:
         bullets.append(
-            f"While idle after the timings this process burnt {idle:.0%} of a core: MAX 26.7 "
-            "keeps a thread that wakes ~4,500 times a second once a graph has run, and every "
-            "engine is timed beside it, PyTorch and CTranslate2 in the same process (it slowed "
-            "PyTorch's tiny.en encoder ~1.25x on a 2-core machine: README, Where MAX stands)."
+            f"While idle after the timings, the process PyTorch and CTranslate2 ran in burnt "
+            f"{idle:.0%} of a core. Once a process has run a MAX graph, MAX 26.7 keeps a thread "
+            "that wakes ~4,500 times a second (~16% of a core) and slows every engine beside it "
+            "(README, Where MAX stands)."
         )
     if "threads" in speed:
         bullets.append(f"CPU threads: {speed['threads']}")

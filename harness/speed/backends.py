@@ -31,38 +31,56 @@ from harness.peers.ctranslate2 import CTranslate2Whisper
 
 @dataclass(frozen=True)
 class Backend:
-    """One engine as the timer sees it: the three measures, each a call on shared inputs."""
+    """One engine as the timer sees it: the four measures, each a call on shared inputs that
+    returns the seconds it took (timed where the engine runs: a MAX mode in its own process)."""
 
     name: str  # its key in parity.json: torch, max, ct2-float32, ct2-int8
     label: str
-    encode: Callable[[torch.Tensor], Any]  # (1, n_mels, 3000) mel
+    encode_seconds: Callable[[torch.Tensor], float]  # (1, n_mels, 3000) mel
     decode_seconds: Callable[[torch.Tensor, torch.Tensor, int], float]  # prompt, features, n
-    transcribe: Callable[[Path], Transcript]
-    transcribe_batched: Callable[[np.ndarray], Transcript]  # long audio, 30 s chunks batched
+    transcribe: Callable[[Path], tuple[float, Transcript]]
+    transcribe_batched: Callable[[np.ndarray], tuple[float, Transcript]]  # long audio
+
+
+def timed(function: Callable[..., Any]) -> Callable[..., tuple[float, Any]]:
+    """``function`` returning the seconds it took, and its value."""
+
+    def call(*args: Any) -> tuple[float, Any]:
+        start = time.perf_counter()
+        value = function(*args)
+        return time.perf_counter() - start, value
+
+    return call
+
+
+def seconds_of(function: Callable[..., Any]) -> Callable[..., float]:
+    return lambda *args: timed(function)(*args)[0]
 
 
 def torch_backend(reference: TorchWhisper) -> Backend:
     return Backend(
         "torch",
         f"PyTorch {reference.dtype}",
-        reference.encode,
+        seconds_of(reference.encode),
         reference.decode_seconds,
-        reference.transcribe,
-        reference.transcribe_batched,
+        timed(reference.transcribe),
+        timed(reference.transcribe_batched),
     )
 
 
 def max_backend(candidate: MaxWhisper) -> Backend:
+    """MAX in this process; the timer runs it through ``max_process`` instead."""
+
     def max_decode_seconds(prompt: torch.Tensor, features: torch.Tensor, tokens: int) -> float:
         return decode_seconds(MaxInference(candidate.text_decoder), prompt, features, tokens)
 
     return Backend(
         candidate.name,
         candidate.label,
-        candidate.encoder,
+        seconds_of(candidate.encoder),
         max_decode_seconds,
-        lambda clip: transcribe(candidate, load_audio(clip)),
-        lambda audio: transcribe_batched(candidate, audio),
+        timed(lambda clip: transcribe(candidate, load_audio(clip))),
+        timed(lambda audio: transcribe_batched(candidate, audio)),
     )
 
 
@@ -73,10 +91,10 @@ def ctranslate2_backend(peer: CTranslate2Whisper) -> Backend:
     return Backend(
         peer.name,
         peer.label,
-        lambda mel: peer.encode(mel.numpy()),
+        seconds_of(lambda mel: peer.encode(mel.numpy())),
         peer_decode_seconds,
-        lambda clip: peer.transcribe(load_audio(clip)),
-        lambda audio: peer.transcribe_batched(audio, chunk_bounds(audio)),
+        timed(lambda clip: peer.transcribe(load_audio(clip))),
+        timed(lambda audio: peer.transcribe_batched(audio, chunk_bounds(audio))),
     )
 
 

@@ -3,9 +3,11 @@
 Every figure is the median of several timed runs after an untimed warm-up, and the backends'
 runs take turns (PyTorch, MAX, CTranslate2 float32, CTranslate2 int8, PyTorch, ...) so that a
 noisy neighbour on a shared machine slows all alike, each after a pause (``SETTLE_S``) so that
-no engine pays for the one before it. The runs themselves are kept in the
-document: the spread is part of the result. Ratios are given from every MAX mode to every peer.
-What each engine runs for each measure is in ``backends``.
+no engine pays for the one before it. PyTorch and CTranslate2 run in this process, which must
+not have run MAX yet; each MAX mode in a process of its own, stopped between its turns
+(``max_process`` says why). The runs themselves are kept in the document: the spread is part of
+the result. Ratios are given from every MAX mode to every peer. What each engine runs for each
+measure is in ``backends``.
 
 * ``encoder_ms``: one 30 s window, batch 1, mel in, audio features out.
 * ``decode_ms_per_token``: greedy decoding with the KV cache, a fixed number of tokens after the
@@ -30,6 +32,7 @@ with bfloat16 weights and activations; CTranslate2 is compared with float32 mode
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -64,12 +67,12 @@ from harness.speed.backends import (
     Backend,
     TorchWhisper,
     ctranslate2_backend,
-    max_backend,
     torch_backend,
     transcription_prompt,
 )
 from harness.speed.first_transcript import harness_command
 from harness.speed.long_audio import long_audio
+from harness.speed.max_process import MaxProcess
 
 # 6 s of LibriVox: a clip a person transcribes with one command
 FIRST_TRANSCRIPT_CLIP = FIXTURES / "speech" / "librivox_0920.wav"
@@ -81,6 +84,12 @@ FIRST_TRANSCRIPT_CLIP = FIXTURES / "speech" / "librivox_0920.wav"
 # Without the pause the engine after MAX is slowed by MAX's spinning, which inflated the first of
 # CTranslate2's two decoding calls and so shrank its marginal time per token.
 SETTLE_S = 0.2
+# Where each engine was timed, in the report's words: MAX's idle thread (max_process.py) slows
+# whatever shares the machine with a process that has run MAX.
+TIMING_PROCESS = (
+    "PyTorch and CTranslate2 in the report's process before it ran MAX; each MAX mode in a "
+    "process of its own, stopped between its turns"
+)
 
 
 @dataclass(frozen=True)
@@ -107,20 +116,27 @@ def measure(
     weights ``modes`` and ``peers`` (CTranslate2 at each compute type), on one checkpoint."""
     engine = candidate.engine
     reference = TorchWhisper(checkpoint.model, engine.device, engine.dtype.name)
-    for model in (candidate, *modes):
-        model.load()
-    backends = [torch_backend(reference), *(max_backend(m) for m in (candidate, *modes))]
-    backends += [ctranslate2_backend(peer) for peer in peers]
     try:
+        with contextlib.ExitStack() as stack:
+            progress("speed: MAX in a process of its own per weights mode")
+            backends = [torch_backend(reference)]
+            for model in (candidate, *modes):
+                child = MaxProcess(checkpoint.name, engine.device, engine.dtype.name, model.weights)
+                backends.append(stack.enter_context(child).backend)
+            backends += [ctranslate2_backend(peer) for peer in peers]
+            timed = {
+                **_execution(checkpoint, reference, backends, plan, progress),
+                **_batched(backends, plan, progress),
+            }
         return {
             "machine": machine.describe(),
             "threads": torch.get_num_threads(),
             "runs": plan.runs,
             "engines": {b.name: b.label for b in backends},
-            **_execution(checkpoint, backends, plan, progress),
-            **_batched(backends, plan, progress),
+            "timing_process": TIMING_PROCESS,
+            **timed,
             **_first_transcripts(checkpoint, candidate, modes, peers, plan, progress),
-            "idle_cpu_share": machine.idle_cpu_share(),  # MAX has run by now
+            "idle_cpu_share": machine.idle_cpu_share(),  # of the process PyTorch, CT2 ran in
             "compile_s": {
                 "cold": cold_compile_seconds(checkpoint, engine) if plan.cold_compile else None,
                 "warm": encoder_compile_seconds(candidate.audio_encoder),
@@ -136,26 +152,30 @@ def measure(
 
 
 def _execution(
-    checkpoint: Checkpoint, backends: list[Backend], plan: Plan, progress: Notify
+    checkpoint: Checkpoint,
+    reference: TorchWhisper,
+    backends: list[Backend],
+    plan: Plan,
+    progress: Notify,
 ) -> dict[str, Any]:
     audio = load_audio(plan.clip)
     mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio), checkpoint.dims.n_mels)[None]
     progress("speed: encoder")
-    encoder = side_by_side({b.name: partial(b.encode, mel) for b in backends}, plan.runs, 1e3)
-    features = backends[0].encode(mel)
+    encode = {b.name: partial(b.encode_seconds, mel) for b in backends}
+    encoder = side_by_side(encode, plan.runs, 1e3)
+    features = reference.encode(mel)
     prompt = transcription_prompt(checkpoint)
     progress(f"speed: decoding {plan.tokens} tokens")
     decode = side_by_side(
         {b.name: partial(b.decode_seconds, prompt, features, plan.tokens) for b in backends},
         plan.runs,
         scale=1e3,
-        timed_inside=True,
     )
     progress(f"speed: transcribing {plan.clip.name}")
     duration = len(audio) / SAMPLE_RATE
-    work = {b.name: transcript_work(b.transcribe(plan.clip)) for b in backends}  # the warm-up
+    work = {b.name: transcript_work(b.transcribe(plan.clip)[1]) for b in backends}  # the warm-up
     end_to_end = side_by_side(
-        {b.name: partial(b.transcribe, plan.clip) for b in backends},
+        {b.name: partial(_seconds, b.transcribe, plan.clip) for b in backends},
         plan.runs,
         1 / duration,
         warm=False,
@@ -170,6 +190,10 @@ def _execution(
     }
 
 
+def _seconds(call: Callable[..., tuple[float, Any]], *args: Any) -> float:
+    return call(*args)[0]
+
+
 def _batched(backends: list[Backend], plan: Plan, progress: Notify) -> dict[str, Any]:
     """``batched_rtf`` and ``batched``: the long audio as one batch of 30 s chunks, each
     engine's first (untimed) transcript scored against PyTorch's and the true text."""
@@ -178,8 +202,8 @@ def _batched(backends: list[Backend], plan: Plan, progress: Notify) -> dict[str,
     long = long_audio()
     bounds = chunk_bounds(long.samples)
     progress(f"speed: {long.seconds:.0f} s of audio as {len(bounds)} chunks in one batch")
-    calls = {b.name: partial(b.transcribe_batched, long.samples) for b in backends}
-    written = {name: call() for name, call in calls.items()}  # the warm-up
+    written = {b.name: b.transcribe_batched(long.samples)[1] for b in backends}  # the warm-up
+    calls = {b.name: partial(_seconds, b.transcribe_batched, long.samples) for b in backends}
     timed = side_by_side(calls, plan.runs, 1 / long.seconds, warm=False)
     reference = written[backends[0].name].tokens
     return {
@@ -248,18 +272,16 @@ def _first_transcripts(
 
 
 def side_by_side(
-    backends: dict[str, Callable[[], Any]],
+    backends: dict[str, Callable[[], float]],
     runs: int,
     scale: float = 1.0,
-    timed_inside: bool = False,
     warm: bool = True,
     settle: float = SETTLE_S,
 ) -> dict[str, Any]:
     """Medians and runs of every backend, in turns, after one untimed call of each (``warm``;
-    False when the caller has made that call). Each timed call starts after ``settle`` seconds
-    idle, so that it does not share the cores with the previous engine's spinning threads.
-
-    ``timed_inside``: the callables return their own time (seconds), e.g. per token.
+    False when the caller has made that call). Each call returns the seconds it took, timed
+    where its engine runs, and starts after ``settle`` seconds idle, so that it does not share
+    the cores with the previous engine's spinning threads.
     """
     for function in backends.values() if warm else ():
         function()
@@ -267,9 +289,7 @@ def side_by_side(
     for _ in range(runs):
         for name, function in backends.items():
             time.sleep(settle)
-            start = time.perf_counter()
-            inner = function()
-            times[name].append((inner if timed_inside else time.perf_counter() - start) * scale)
+            times[name].append(function() * scale)
     return summary(times)
 
 
@@ -345,7 +365,9 @@ def peer_load_seconds(peer: CTranslate2Whisper) -> float:
 
 
 def candidate_load_seconds(checkpoint: Checkpoint, engine: Engine) -> float:
-    """A new MAX model binding the file's weights anew to the graphs ``engine`` has compiled."""
+    """A new MAX model binding the file's weights anew to the graphs ``engine`` has compiled
+    (the untimed load before it compiles them, or reads them from the store)."""
+    MaxWhisper(checkpoint, engine).load()
     start = time.perf_counter()
     MaxWhisper(checkpoints.load(str(checkpoint.path)), engine).load()
     return time.perf_counter() - start
