@@ -125,8 +125,9 @@ def watch(process: subprocess.Popen, stacks: Path, limit: float) -> int | None:
     seconds: then its stacks are written to ``stacks`` and the tree is killed."""
     start = busy_at = time.monotonic()
     cpu = tree_cpu_seconds(process.pid)
-    while process.poll() is None:
-        time.sleep(POLL_S)
+    while True:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return process.wait(timeout=POLL_S)
         now, used = time.monotonic(), tree_cpu_seconds(process.pid)
         if used - cpu > HUNG_SHARE * (now - busy_at):
             busy_at, cpu = now, used
@@ -138,7 +139,6 @@ def watch(process: subprocess.Popen, stacks: Path, limit: float) -> int | None:
                     os.kill(pid, signal.SIGKILL)
             process.wait()
             return None
-    return process.returncode
 
 
 def descendants(root: int) -> list[int]:
