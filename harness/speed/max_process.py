@@ -60,12 +60,8 @@ class MaxProcess:
 
     @property
     def backend(self) -> Backend:
-        return Backend(
-            self.name,
-            self.label,
-            *(partial(self.call, m) for m in ("encode_seconds", "decode_seconds")),
-            *(partial(self.call, m) for m in ("transcribe", "transcribe_batched")),
-        )
+        calls = ("encode_seconds", "decode_seconds", "transcribe", "transcribe_batched")
+        return Backend(self.name, self.label, *(partial(self.call, c) for c in calls))
 
     def call(self, method: str, *args: Any) -> Any:
         """Run ``method`` of the child's backend with ``args``; the child runs only meanwhile."""
@@ -98,8 +94,9 @@ class MaxProcess:
 
 
 def _die_with_parent() -> None:
-    """A child left stopped by a parent that died would stay forever: the kernel kills it."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    """A child left stopped by a parent that died would stay forever: Linux kills it."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def serve(checkpoint: str, device: str, dtype: str, weights: str) -> None:
