@@ -32,7 +32,7 @@ from harness.report.build import DEFAULT_AUDIO
 from harness.report.speed_section import speed_section
 from harness.speed import machine
 from harness.speed.backends import TorchWhisper, decode_seconds, transcription_prompt
-from harness.speed.max_process import MaxProcess
+from harness.speed.engine_process import EngineProcess
 from harness.speed.measure import FIRST_TRANSCRIPT_CLIP, side_by_side
 
 BENCH_MODEL = os.environ.get("BENCH_MODEL", "tiny.en")
@@ -102,9 +102,7 @@ def test_the_report_says_what_the_process_burns_while_idle():
     share = machine.idle_cpu_share(0.2)
     assert 0.0 <= share < 2.0  # of one core; the test process may have busy threads of its own
     line = next(b for b in speed_section({"idle_cpu_share": 0.16}).bullets if "idle" in b)
-    assert line.startswith(
-        "While idle after the timings, the process PyTorch and CTranslate2 ran in burnt 16% of"
-    )
+    assert line.startswith("While idle after the timings, the timing process burnt 16% of")
 
 
 def state(pid: int) -> str:
@@ -113,9 +111,9 @@ def state(pid: int) -> str:
 
 
 @pytest.mark.slow  # a process of its own loads synthetic tiny's graphs
-def test_a_max_mode_is_timed_in_a_process_of_its_own_stopped_between_its_turns():
-    """This process never runs MAX, so nothing of MAX's runs beside the engines timed here."""
-    with MaxProcess("synthetic:tiny", "cpu", "float32", "float16") as child:
+def test_an_engine_is_timed_in_a_process_of_its_own_stopped_between_its_turns():
+    """Nothing of one engine's runs beside another's: MAX's idle thread, CTranslate2's libgomp."""
+    with EngineProcess("synthetic:tiny", "cpu", "float32", "max-float16") as child:
         assert (child.name, child.label) == ("max-float16", "MAX float16 decoding")
         assert state(child.process.pid) == "T"
         assert 0 < child.backend.encode_seconds(torch.zeros(1, 80, 3000)) < 60
@@ -126,9 +124,9 @@ def test_a_max_mode_is_timed_in_a_process_of_its_own_stopped_between_its_turns()
     assert child.process.returncode is not None  # killed, not left stopped
 
 
-def test_a_max_process_that_cannot_load_says_so():
-    with pytest.raises(HarnessError, match="MAX float32: its timing process exited 1"):
-        MaxProcess("synthetic:nonesuch", "cpu", "float32", "float32")
+def test_an_engine_process_that_cannot_load_says_so():
+    with pytest.raises(HarnessError, match="ct2-float64: its timing process exited 1"):
+        EngineProcess("synthetic:tiny", "cpu", "float32", "ct2-float64")
 
 
 # In a fresh process: wake-ups of all its threads while the main one sleeps 1 s, before and

@@ -87,7 +87,7 @@ def build(
     float64 = Float64Reference(checkpoint.model, reference["ln_post"])
     engines, skipped = peer_engines(checkpoint, device, dtype) if peers else ([], "not asked for")
     modes = [MaxWhisper(checkpoint, engine, weights=w) for w in weights if w != "float32"]
-    # Timed first: the peers in this process, before it runs MAX (speed/max_process.py says why).
+    # Timed first, before this process runs MAX (speed/engine_process.py says why).
     timings = measure(checkpoint, candidate, speed, progress, engines, modes) if speed else None
     document = {
         **header(checkpoint, device, dtype, limits),

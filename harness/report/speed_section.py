@@ -38,10 +38,10 @@ def speed_section(speed: dict[str, Any] | None) -> Section | None:
         bullets.append(f"Timed: {where}.")
     if (idle := speed.get("idle_cpu_share")) is not None:
         bullets.append(
-            f"While idle after the timings, the process PyTorch and CTranslate2 ran in burnt "
-            f"{idle:.0%} of a core. Once a process has run a MAX graph, MAX 26.7 keeps a thread "
-            "that wakes ~4,500 times a second (~16% of a core) and slows every engine beside it "
-            "(README, Where MAX stands)."
+            f"While idle after the timings, the timing process burnt {idle:.0%} of a core. "
+            "Once a process has run a MAX graph, MAX 26.7 keeps a thread that wakes ~4,500 "
+            "times a second (~16% of a core) and slows every engine beside it (README, Where "
+            "MAX stands)."
         )
     if "threads" in speed:
         bullets.append(f"CPU threads: {speed['threads']}")

@@ -69,7 +69,7 @@ def torch_backend(reference: TorchWhisper) -> Backend:
 
 
 def max_backend(candidate: MaxWhisper) -> Backend:
-    """MAX in this process; the timer runs it through ``max_process`` instead."""
+    """MAX in this process; the timer runs it in a process of its own (``engine_process``)."""
 
     def max_decode_seconds(prompt: torch.Tensor, features: torch.Tensor, tokens: int) -> float:
         return decode_seconds(MaxInference(candidate.text_decoder), prompt, features, tokens)

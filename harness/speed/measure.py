@@ -3,11 +3,10 @@
 Every figure is the median of several timed runs after an untimed warm-up, and the backends'
 runs take turns (PyTorch, MAX, CTranslate2 float32, CTranslate2 int8, PyTorch, ...) so that a
 noisy neighbour on a shared machine slows all alike, each after a pause (``SETTLE_S``) so that
-no engine pays for the one before it. PyTorch and CTranslate2 run in this process, which must
-not have run MAX yet; each MAX mode in a process of its own, stopped between its turns
-(``max_process`` says why). The runs themselves are kept in the document: the spread is part of
-the result. Ratios are given from every MAX mode to every peer. What each engine runs for each
-measure is in ``backends``.
+no engine pays for the one before it. Each engine runs in a process of its own, stopped between
+its turns (``engine_process`` says why), and this process must not have run MAX yet. The runs
+themselves are kept in the document: the spread is part of the result. Ratios are given from
+every MAX mode to every peer. What each engine runs for each measure is in ``backends``.
 
 * ``encoder_ms``: one 30 s window, batch 1, mel in, audio features out.
 * ``decode_ms_per_token``: greedy decoding with the KV cache, a fixed number of tokens after the
@@ -66,13 +65,11 @@ from harness.speed import first_transcript, machine
 from harness.speed.backends import (
     Backend,
     TorchWhisper,
-    ctranslate2_backend,
-    torch_backend,
     transcription_prompt,
 )
+from harness.speed.engine_process import EngineProcess
 from harness.speed.first_transcript import harness_command
 from harness.speed.long_audio import long_audio
-from harness.speed.max_process import MaxProcess
 
 # 6 s of LibriVox: a clip a person transcribes with one command
 FIRST_TRANSCRIPT_CLIP = FIXTURES / "speech" / "librivox_0920.wav"
@@ -84,12 +81,8 @@ FIRST_TRANSCRIPT_CLIP = FIXTURES / "speech" / "librivox_0920.wav"
 # Without the pause the engine after MAX is slowed by MAX's spinning, which inflated the first of
 # CTranslate2's two decoding calls and so shrank its marginal time per token.
 SETTLE_S = 0.2
-# Where each engine was timed, in the report's words: MAX's idle thread (max_process.py) slows
-# whatever shares the machine with a process that has run MAX.
-TIMING_PROCESS = (
-    "PyTorch and CTranslate2 in the report's process before it ran MAX; each MAX mode in a "
-    "process of its own, stopped between its turns"
-)
+# Where each engine was timed, in the report's words (engine_process.py says why).
+TIMING_PROCESS = "each engine in a process of its own, stopped between its turns"
 
 
 @dataclass(frozen=True)
@@ -116,14 +109,16 @@ def measure(
     weights ``modes`` and ``peers`` (CTranslate2 at each compute type), on one checkpoint."""
     engine = candidate.engine
     reference = TorchWhisper(checkpoint.model, engine.device, engine.dtype.name)
+    names = ["torch", *(m.name for m in (candidate, *modes)), *(p.name for p in peers)]
     try:
         with contextlib.ExitStack() as stack:
-            progress("speed: MAX in a process of its own per weights mode")
-            backends = [torch_backend(reference)]
-            for model in (candidate, *modes):
-                child = MaxProcess(checkpoint.name, engine.device, engine.dtype.name, model.weights)
-                backends.append(stack.enter_context(child).backend)
-            backends += [ctranslate2_backend(peer) for peer in peers]
+            progress("speed: each engine in a process of its own")
+            backends = [
+                stack.enter_context(
+                    EngineProcess(checkpoint.name, engine.device, engine.dtype.name, name)
+                ).backend
+                for name in names
+            ]
             timed = {
                 **_execution(checkpoint, reference, backends, plan, progress),
                 **_batched(backends, plan, progress),
@@ -136,7 +131,7 @@ def measure(
             "timing_process": TIMING_PROCESS,
             **timed,
             **_first_transcripts(checkpoint, candidate, modes, peers, plan, progress),
-            "idle_cpu_share": machine.idle_cpu_share(),  # of the process PyTorch, CT2 ran in
+            "idle_cpu_share": machine.idle_cpu_share(),  # the timer's, before parity runs MAX
             "compile_s": {
                 "cold": cold_compile_seconds(checkpoint, engine) if plan.cold_compile else None,
                 "warm": encoder_compile_seconds(candidate.audio_encoder),
