@@ -3,7 +3,9 @@
 The benchmarks are skipped by default (``--benchmark-skip`` in pyproject.toml); run them with
 ``make bench`` (pretrained tiny.en, CPU, float32; ``BENCH_MODEL``/``BENCH_DTYPE`` to change):
 PyTorch, MAX and, in float32, CTranslate2 float32 and int8 (faster-whisper's engine) on the same
-weights. The report's own speed section (``parity.json["speed"]``) is checked in test_cli.py.
+weights. They share one process, so they slow one another (``engine_process`` says how): for
+ratios, read the report, whose speed section (``parity.json["speed"]``) times each engine in a
+process of its own and is checked in test_cli.py.
 """
 
 from __future__ import annotations
