@@ -54,7 +54,8 @@ def timed(function: Callable[..., Any]) -> Callable[..., tuple[float, Any]]:
 
 
 def seconds_of(function: Callable[..., Any]) -> Callable[..., float]:
-    return lambda *args: timed(function)(*args)[0]
+    call = timed(function)
+    return lambda *args: call(*args)[0]
 
 
 def torch_backend(reference: TorchWhisper) -> Backend:

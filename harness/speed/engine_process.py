@@ -59,7 +59,6 @@ class EngineProcess:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=child_env(),
-            preexec_fn=_die_with_parent,
         )
         self.label = self._reply()
         self._stop()
@@ -106,12 +105,15 @@ class EngineProcess:
 
 
 def _die_with_parent() -> None:
-    """A child left stopped by a parent that died would stay forever: Linux kills it."""
+    """A child left stopped by a parent that died would stay forever: Linux kills it. Set by
+    the child itself (no ``preexec_fn``: code between fork and exec can deadlock in a parent
+    with threads, and the report's has PyTorch's)."""
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def serve(checkpoint: str, device: str, dtype: str, name: str) -> None:
+    _die_with_parent()
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a print must not corrupt the replies
     backend = loaded_backend(checkpoints.load(checkpoint), device, dtype, name)
