@@ -30,7 +30,7 @@ test: install
 test-fast: install
 	$(PYTHON) parity_tests/run_files.py -m "not slow"
 
-# Speed benchmarks (pytest-benchmark, not part of `make test`); BENCH_MODEL / BENCH_DTYPE to vary.
+# Speed benchmarks (pytest-benchmark, not part of `make test`), each engine in a process of its own; BENCH_MODEL / BENCH_DTYPE to vary.
 bench: install
 	$(PYTHON) -m pytest parity_tests/test_speed.py --benchmark-only --benchmark-columns=median,min,max,rounds
 

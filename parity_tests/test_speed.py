@@ -2,10 +2,12 @@
 
 The benchmarks are skipped by default (``--benchmark-skip`` in pyproject.toml); run them with
 ``make bench`` (pretrained tiny.en, CPU, float32; ``BENCH_MODEL``/``BENCH_DTYPE`` to change):
-PyTorch, MAX and, in float32, CTranslate2 float32 and int8 (faster-whisper's engine) on the same
-weights. They share one process, so they slow one another (``engine_process`` says how): for
-ratios, read the report, whose speed section (``parity.json["speed"]``) times each engine in a
-process of its own and is checked in test_cli.py.
+PyTorch, MAX float32 and, in float32, CTranslate2 float32 and int8 (faster-whisper's engine) on
+the same weights: the encoder on one 30 s window, and a clip transcribed end to end. Each engine
+runs in a process of its own, stopped between its calls, as the report times them
+(``engine_process`` says why); a benchmark's time is the call's round trip, a few milliseconds
+of pickling more than the child's own clock. Per-token decoding, the MAX weights modes and the
+ratios with their spread are the report's speed section (``parity.json["speed"]``).
 """
 
 from __future__ import annotations
@@ -26,20 +28,15 @@ import whisper
 from harness.child_process import child_env
 from harness.errors import HarnessError
 from harness.inputs.audio import load_audio
-from harness.max_whisper.engine import DTYPES, Engine
-from harness.max_whisper.inference import MaxInference
-from harness.max_whisper.whisper import MaxWhisper
 from harness.peers import ctranslate2 as ctranslate2_peer
 from harness.report.build import DEFAULT_AUDIO
 from harness.report.speed_section import speed_section
 from harness.speed import machine
-from harness.speed.backends import TorchWhisper, decode_seconds, transcription_prompt
 from harness.speed.engine_process import EngineProcess
 from harness.speed.measure import FIRST_TRANSCRIPT_CLIP, side_by_side
 
 BENCH_MODEL = os.environ.get("BENCH_MODEL", "tiny.en")
 BENCH_DTYPE = os.environ.get("BENCH_DTYPE", "float32")
-TOKENS = 32
 
 
 def test_side_by_side_alternates_the_backends_and_reports_medians():
@@ -190,18 +187,23 @@ def test_a_process_that_ran_a_max_graph_sleeps_when_idle():
 # -- benchmarks (make bench) ---------------------------------------------------------------------
 
 
+ENGINES = ("torch", "max", *(f"ct2-{compute}" for compute in ctranslate2_peer.COMPUTE_TYPES))
+
+
 @pytest.fixture(scope="module")
-def bench(load_checkpoint):
-    checkpoint = load_checkpoint(BENCH_MODEL)
-    engine = Engine("cpu", DTYPES[BENCH_DTYPE])
-    candidate = MaxWhisper(checkpoint, engine)
-    candidate.load()
-    reference = TorchWhisper(checkpoint.model, "cpu", BENCH_DTYPE)
-    audio = whisper.pad_or_trim(load_audio(DEFAULT_AUDIO))
-    mel = whisper.log_mel_spectrogram(audio, checkpoint.dims.n_mels)[None]
-    features = reference.encode(mel)
-    prompt = transcription_prompt(checkpoint)
-    return candidate, reference, mel, features, prompt
+def bench_mel(load_checkpoint):
+    n_mels = load_checkpoint(BENCH_MODEL).dims.n_mels
+    return whisper.log_mel_spectrogram(whisper.pad_or_trim(load_audio(DEFAULT_AUDIO)), n_mels)[None]
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request, load_checkpoint):
+    """One engine in a process of its own, stopped between its calls, as the report times it."""
+    if request.param.startswith("ct2-") and BENCH_DTYPE != "float32":
+        pytest.skip("CTranslate2 is compared with float32 models")
+    load_checkpoint(BENCH_MODEL)  # fetched and cached once, before the child loads it
+    with EngineProcess(BENCH_MODEL, "cpu", BENCH_DTYPE, request.param) as process:
+        yield process
 
 
 def _pedantic(benchmark, function: Callable[[], object]) -> None:
@@ -209,49 +211,10 @@ def _pedantic(benchmark, function: Callable[[], object]) -> None:
 
 
 @pytest.mark.benchmark(group="encoder, 30 s window")
-def test_bench_encoder_torch(benchmark, bench):
-    _, reference, mel, _, _ = bench
-    _pedantic(benchmark, lambda: reference.encode(mel))
+def test_bench_encoder(benchmark, engine, bench_mel):
+    _pedantic(benchmark, lambda: engine.call("encode_seconds", bench_mel))
 
 
-@pytest.mark.benchmark(group="encoder, 30 s window")
-def test_bench_encoder_max(benchmark, bench):
-    candidate, _, mel, _, _ = bench
-    _pedantic(benchmark, lambda: candidate.encoder(mel))
-
-
-@pytest.mark.benchmark(group=f"greedy decoding with KV cache: prompt + {TOKENS} tokens per run")
-def test_bench_decode_torch(benchmark, bench):
-    _, reference, _, features, prompt = bench
-    _pedantic(benchmark, lambda: reference.decode_seconds(prompt, features, TOKENS))
-
-
-@pytest.mark.benchmark(group=f"greedy decoding with KV cache: prompt + {TOKENS} tokens per run")
-def test_bench_decode_max(benchmark, bench):
-    candidate, _, _, features, prompt = bench
-    inference = MaxInference(candidate.text_decoder)
-    _pedantic(benchmark, lambda: decode_seconds(inference, prompt, features, TOKENS))
-
-
-@pytest.fixture(scope="module", params=ctranslate2_peer.COMPUTE_TYPES)
-def peer(request, bench, load_checkpoint):
-    if BENCH_DTYPE != "float32":
-        pytest.skip("CTranslate2 is compared with float32 models")
-    peers = ctranslate2_peer.peers(load_checkpoint(BENCH_MODEL), torch.get_num_threads())
-    return next(p for p in peers if p.compute_type == request.param)
-
-
-@pytest.mark.benchmark(group="encoder, 30 s window")
-def test_bench_encoder_ctranslate2(benchmark, bench, peer):
-    mel = bench[2].numpy()
-    _pedantic(benchmark, lambda: peer.encode(mel))
-
-
-@pytest.mark.benchmark(group=f"greedy decoding with KV cache: prompt + {TOKENS} tokens per run")
-def test_bench_decode_ctranslate2(benchmark, bench, peer):
-    """CTranslate2's ``generate`` of the same prompt and token count, the end of text suppressed
-    (its whole call: the prompt's forward pass included, unlike the marginal per-token figure
-    of the report)."""
-    _, _, _, features, prompt = bench
-    args = (features.numpy(), prompt[0].tolist(), TOKENS)
-    _pedantic(benchmark, lambda: peer.generate(*args, suppress_tokens=[peer.eot]))
+@pytest.mark.benchmark(group=f"transcription of {FIRST_TRANSCRIPT_CLIP.name}, end to end")
+def test_bench_transcribe(benchmark, engine):
+    _pedantic(benchmark, lambda: engine.call("transcribe", FIRST_TRANSCRIPT_CLIP))
