@@ -6,6 +6,7 @@ format by the project's own writer, then damaged one way each.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import asdict, replace
@@ -188,3 +189,34 @@ def test_openai_own_file_comes_first(fresh_cache, monkeypatch):
     monkeypatch.setattr(checkpoints, "_download", lambda name: own)
     checkpoint = checkpoints.load("tiny.en")
     assert checkpoint.path == own and checkpoint.source == {}
+
+
+def test_a_package_is_hashed_again_only_when_its_files_change(fresh_cache, monkeypatch):
+    """A matched hash is remembered by each part's size, mtime and inode; a record that no
+    longer matches the files (or is not whole) means hashing them again."""
+    packaged = pretrained.PACKAGED["tiny.en"]
+    hashed = []
+    original = pretrained.PackagedModel.model_bin
+    monkeypatch.setattr(
+        pretrained.PackagedModel, "model_bin", lambda self: hashed.append(1) or original(self)
+    )
+    files = packaged.checked_files()
+    assert files == [part.path() for part in packaged.parts]
+    assert packaged.checked_files() == files
+    assert len(hashed) == 1
+    (record,) = (fresh_cache / "max-whisper").glob("checked-tiny.en-*.json")
+    stamp = json.loads(record.read_text())
+    stamp[0][2] += 1  # as if the file had been rewritten since
+    record.write_text(json.dumps(stamp))
+    packaged.checked_files()
+    record.write_text("[")
+    packaged.checked_files()
+    assert len(hashed) == 3
+    assert json.loads(record.read_text())[0][2] == files[0].stat().st_mtime_ns
+
+
+def test_an_altered_package_leaves_no_record(fresh_cache, monkeypatch):
+    packaged = replace(pretrained.PACKAGED["tiny.en"], sha256="0" * 64)
+    with pytest.raises(HarnessError, match="is not the pinned"):
+        packaged.checked_files()
+    assert not list(fresh_cache.rglob("checked-*"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -121,21 +122,26 @@ def _load_named(name: str) -> Checkpoint:
     else:
         return _load_file(openai_file, name, "pretrained")
     packaged = pretrained.PACKAGED[name]
-    data, files = packaged.model_bin()
-    return _load_ctranslate2(files[0], name, data, packaged.provenance(files))
+    files = packaged.checked_files()
+    return _load_ctranslate2(files[0], name, packaged.model_bin, packaged.provenance(files))
 
 
 def _load_ctranslate2(
-    model_bin: Path, name: str, data: bytes | None = None, source: dict[str, Any] | None = None
+    model_bin: Path,
+    name: str,
+    read: Callable[[], bytes] | None = None,
+    source: dict[str, Any] | None = None,
 ) -> Checkpoint:
     """A CTranslate2 ``model.bin`` converted once to openai-whisper's format in the cache (keyed
-    by its hash), then loaded like any checkpoint."""
-    data = _read(model_bin) if data is None else data
-    # a package's hash was checked against its pin just now; a folder's is computed here
+    by its hash), then loaded like any checkpoint. ``read`` gives its bytes (default: the
+    file's); a package's ``source`` carries its pinned hash, and its bytes are read only to
+    convert them."""
+    read = read or (lambda: _read(model_bin))
+    data = None if source else read()  # a package's hash was checked against its pin
     digest = hashlib.sha256(data).hexdigest() if source is None else source["sha256"]
     path = cache_dir() / "max-whisper" / f"ctranslate2-{digest[:16]}-v{CONVERTER_FORMAT}.pt"
     if not path.is_file() or source is None:
-        parsed = ctranslate2_format.read(model_bin, data)  # views into ``data``: cheap
+        parsed = ctranslate2_format.read(model_bin, data or read())  # views into the bytes
     if not path.is_file():
         converted = ctranslate2_format.to_whisper_checkpoint(parsed)
         write_checkpoint(path, converted["dims"], converted["model_state_dict"])

