@@ -20,10 +20,9 @@ from harness.compare import gate
 from harness.errors import HarnessError
 from harness.inputs import checkpoints
 from harness.inputs.audio import load_audio
-from harness.max_whisper.batched import transcribe_batched
-from harness.max_whisper.engine import DTYPES, Engine
-from harness.max_whisper.whisper import MaxWhisper, transcribe
 from harness.paths import REPORTS
+from harness.pipeline.batched import transcribe_batched
+from harness.pipeline.transcribe import transcribe
 from harness.progress import Progress
 
 
@@ -53,6 +52,9 @@ measure = _lazy("harness.speed.measure")  # with the peers and scipy: ~0.5 s
 transcripts = _lazy("harness.compare.transcripts")
 candidates = _lazy("harness.candidates.registry")
 candidate_report = _lazy("harness.candidates.document")
+# MAX and the MAX model: ~0.15 s of imports that ``transcribe --backend torch`` never uses
+max_engine = _lazy("harness.max_whisper.engine")
+max_model = _lazy("harness.max_whisper.whisper")
 
 # MAX's fastest decoding weights mode whose drift from PyTorch is within CTranslate2 int8's on
 # every measure (README, Speed); every report measures it beside float32.
@@ -237,18 +239,21 @@ def _write_report(
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    _check_weights_mode(args.weights)
+    if args.backend == "max":
+        _check_weights_mode(args.weights)
+    elif args.weights != "float32":
+        raise HarnessError(f"--weights {args.weights}: MAX's decoding weights; use --backend max")
     audio = load_audio(args.audio)
     checkpoint = checkpoints.load(args.model or checkpoints.DEFAULT_MODEL)
     if args.backend == "max":
         progress = Progress()
-        engine = Engine(
+        engine = max_engine.Engine(
             args.device,
-            DTYPES[args.dtype],
+            max_engine.DTYPES[args.dtype],
             on_compile=progress.compiling,
             on_load=lambda graph: progress(f"loading {graph} from the compiled-graph cache"),
         )
-        model = MaxWhisper(checkpoint, engine, weights=args.weights)
+        model = max_model.MaxWhisper(checkpoint, engine, weights=args.weights)
     else:
         model = checkpoint.model
     if args.batch_size:

@@ -1,4 +1,4 @@
-"""Long audio as one batch (``harness/max_whisper/batched.py``): where the chunks are cut, MAX's
+"""Long audio as one batch (``harness/pipeline/batched.py``): where the chunks are cut, MAX's
 batched transcript against PyTorch's on the same algorithm, and faster-whisper on the same chunks.
 
 The audio is the speed section's long audio (``harness/speed/long_audio.py``): the real
@@ -12,9 +12,9 @@ from whisper.audio import SAMPLE_RATE
 
 from harness.compare.transcripts import SPEECH, true_text
 from harness.compare.wer import word_error_rate
-from harness.max_whisper.batched import CHUNK_S, chunk_bounds, transcribe_batched
 from harness.max_whisper.whisper import MaxWhisper
 from harness.peers import ctranslate2 as ctranslate2_peer
+from harness.pipeline.batched import CHUNK_S, chunk_bounds, transcribe_batched
 from harness.speed.long_audio import long_audio
 
 # the issue's bar for tiny.en on the LibriVox readings (test_pretrained.py)

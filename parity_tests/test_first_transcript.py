@@ -33,8 +33,8 @@ from harness.max_whisper.layers import Declared, Scope
 from harness.max_whisper.mel import MaxLogMel
 from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.max_whisper.variant import FAITHFUL, Variant
-from harness.max_whisper.whisper import transcribe
 from harness.paths import REPO
+from harness.pipeline.transcribe import transcribe
 from harness.speed import first_transcript
 
 SHORT = REPO / "fixtures" / "audio" / "short.wav"

@@ -22,8 +22,9 @@ from harness.inputs.audio import SAMPLE_RATE, load_audio
 from harness.inputs.checkpoints import FIXTURE_MODELS
 from harness.inputs.synthetic import EMBEDDING, compact_checkpoint, expanded_checkpoint
 from harness.inputs.validation import expected_shapes
-from harness.max_whisper.whisper import MaxWhisper, Transcript, transcribe
+from harness.max_whisper.whisper import MaxWhisper
 from harness.paths import FIXTURES
+from harness.pipeline.transcribe import Transcript, transcribe
 
 HELDOUT_DIR = FIXTURES / "models" / "speech_heldout"
 TRANSCRIPTS = json.loads((HELDOUT_DIR / "transcripts.json").read_text(encoding="utf-8"))

@@ -14,8 +14,9 @@ from harness.compare.transcripts import transcription_language
 from harness.inputs.audio import load_audio
 from harness.max_whisper.greedy import GreedyRules
 from harness.max_whisper.text_decoder import MaxTextDecoder
-from harness.max_whisper.whisper import MaxDecodingTask, MaxWhisper, transcribe
+from harness.max_whisper.whisper import MaxDecodingTask, MaxWhisper
 from harness.paths import FIXTURES
+from harness.pipeline.transcribe import transcribe
 
 OPTIONS = {
     "timestamps": DecodingOptions(fp16=False),  # transcribe's: max_initial_timestamp 1 s

@@ -7,7 +7,8 @@ size: width 128, 2+2 layers), whose transcripts are real words.
 import pytest
 
 from harness.compare.transcripts import fixture_clips, load_clips, true_text
-from harness.max_whisper.whisper import MaxWhisper, transcribe
+from harness.max_whisper.whisper import MaxWhisper
+from harness.pipeline.transcribe import transcribe
 
 
 @pytest.fixture(scope="module")

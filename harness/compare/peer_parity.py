@@ -32,8 +32,9 @@ from harness.compare.transcripts import (
 )
 from harness.compare.wer import word_error_rate
 from harness.inputs.checkpoints import Checkpoint
-from harness.max_whisper.whisper import MaxWhisper, transcribe
+from harness.max_whisper.whisper import MaxWhisper
 from harness.peers.ctranslate2 import CTranslate2Whisper, describe, versions
+from harness.pipeline.transcribe import transcribe
 from harness.progress import Notify
 
 

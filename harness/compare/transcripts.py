@@ -11,8 +11,9 @@ import numpy as np
 from harness.compare.wer import edit_distance, word_error_rate, words
 from harness.inputs.audio import audio_duration_s, load_audio
 from harness.inputs.checkpoints import Checkpoint
-from harness.max_whisper.whisper import MaxWhisper, Transcript, transcribe
+from harness.max_whisper.whisper import MaxWhisper
 from harness.paths import FIXTURES
+from harness.pipeline.transcribe import Transcript, transcribe
 from harness.progress import Notify, silent
 
 FIXTURE_AUDIO = FIXTURES / "audio"

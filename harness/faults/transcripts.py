@@ -19,7 +19,7 @@ from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.engine import Engine
 from harness.max_whisper.stage_whisper import StageWhisper
 from harness.max_whisper.variant import Variant
-from harness.max_whisper.whisper import transcribe
+from harness.pipeline.transcribe import transcribe
 from harness.progress import Notify
 
 

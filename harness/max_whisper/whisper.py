@@ -1,10 +1,10 @@
-"""Audio to text through openai-whisper's own decoding, with the numerics in MAX or PyTorch.
+"""``MaxWhisper``: the model openai-whisper's own decoding runs on, every numeric step in MAX.
 
-Both backends go through ``whisper.transcribe`` and ``DecodingTask``, so the tokenizer, prompts,
-language and task tokens, logit filters, suppression, timestamp rules and the 30 s windowing of
-long audio are shared code; only the log-mel, the encoder and the decoder differ. ``MaxWhisper``
-stands in for ``whisper.Whisper`` where decoding calls the model, and every one of those calls
-is served by MAX graphs.
+Both backends go through ``whisper.transcribe`` and ``DecodingTask`` (``harness.pipeline``), so
+the tokenizer, prompts, language and task tokens, logit filters, suppression, timestamp rules
+and the 30 s windowing of long audio are shared code; only the log-mel, the encoder and the
+decoder differ. ``MaxWhisper`` stands in for ``whisper.Whisper`` where decoding calls the model,
+and every one of those calls is served by MAX graphs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import whisper
 from whisper.decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
 from whisper.model import ModelDimensions
 
@@ -32,14 +31,6 @@ from harness.max_whisper.mel import MaxLogMel
 from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.max_whisper.transcribe_hook import max_log_mel
 from harness.max_whisper.variant import FAITHFUL, Variant
-
-
-@dataclass(frozen=True)
-class Transcript:
-    text: str
-    tokens: list[int]
-    language: str
-    segments: list[dict[str, Any]] = field(repr=False)
 
 
 class MaxWhisper:
@@ -93,6 +84,18 @@ class MaxWhisper:
         for (name, _), adopt in wanted:
             adopt(models[name])
         self._loaded = True
+
+    @contextlib.contextmanager
+    def transcribing(self) -> Iterator[None]:
+        """What ``pipeline.transcribe`` runs openai-whisper's ``transcribe`` in: every graph
+        loaded, and the log-mel computed by MAX's."""
+        self.load()
+        with max_log_mel(self.log_mel):
+            yield
+
+    def log_mel_spectrogram(self, audio: np.ndarray) -> torch.Tensor:
+        """(n_mels, frames) of ``audio`` by MAX's log-mel graph (``pipeline.log_mel``)."""
+        return torch.from_numpy(self.log_mel(audio))
 
     def encoder(self, mel: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.audio_encoder(mel.float().numpy()))
@@ -167,18 +170,3 @@ class MaxDecodingTask(DecodingTask):
         if self.rules is None:
             return super()._main_loop(audio_features, tokens)
         return greedy.main_loop(self, self.model.text_decoder, self.rules, audio_features, tokens)
-
-
-def transcribe(
-    model: whisper.Whisper | MaxWhisper, audio: np.ndarray, language: str | None = "en"
-) -> Transcript:
-    """Greedy (temperature 0) transcription with openai-whisper's windowing for long audio."""
-    options = dict(temperature=0.0, fp16=False, language=language, verbose=None)
-    if isinstance(model, MaxWhisper):
-        model.load()
-        with max_log_mel(model.log_mel):
-            result = whisper.transcribe(model, audio, **options)
-    else:
-        result = whisper.transcribe(model, audio, **options)
-    tokens = [t for segment in result["segments"] for t in segment["tokens"]]
-    return Transcript(result["text"], tokens, result["language"], result["segments"])

@@ -29,9 +29,9 @@ import whisper
 from harness.errors import HarnessError
 from harness.inputs import ctranslate2_format, pretrained
 from harness.inputs.checkpoints import Checkpoint
-from harness.max_whisper.batched import BATCH_SIZE
-from harness.max_whisper.whisper import Transcript
 from harness.paths import cache_dir
+from harness.pipeline.batched import BATCH_SIZE
+from harness.pipeline.transcribe import Transcript
 
 COMPUTE_TYPES = ("float32", "int8")
 # Files beside model.bin: faster-whisper's tokenizer, and CTranslate2's vocabulary (.txt or

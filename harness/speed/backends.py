@@ -23,10 +23,11 @@ from whisper.decoding import Inference, PyTorchInference
 from harness.compare.decoder_parity import tokenizer
 from harness.inputs.audio import load_audio
 from harness.inputs.checkpoints import Checkpoint
-from harness.max_whisper.batched import chunk_bounds, transcribe_batched
 from harness.max_whisper.inference import MaxInference
-from harness.max_whisper.whisper import MaxWhisper, Transcript, transcribe
+from harness.max_whisper.whisper import MaxWhisper
 from harness.peers.ctranslate2 import CTranslate2Whisper
+from harness.pipeline.batched import chunk_bounds, transcribe_batched
+from harness.pipeline.transcribe import Transcript, transcribe
 
 
 @dataclass(frozen=True)

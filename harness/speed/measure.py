@@ -17,7 +17,7 @@ every MAX mode to every peer. What each engine runs for each measure is in ``bac
 * ``end_to_end_rtf``: audio file to text over the clip's duration: ``whisper.transcribe`` for
   PyTorch and MAX, faster-whisper's ``transcribe`` for CTranslate2, greedy at temperature 0.
 * ``batched_rtf``: long audio (``long_audio``, ~100 s) over its duration, its 30 s chunks
-  encoded and decoded as one batch (``max_whisper.batched``; faster-whisper's
+  encoded and decoded as one batch (``pipeline.batched``; faster-whisper's
   ``BatchedInferencePipeline`` on the same chunks for CTranslate2), and in ``batched`` what
   each engine wrote: tokens, equality to PyTorch's, word error rate against the true text.
 * ``compile_s``: MAX compiling the fused encoder graph with a warm disk cache, and, on request,
@@ -54,12 +54,13 @@ from harness.inputs import checkpoints
 from harness.inputs.audio import audio_duration_s, load_audio
 from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper.audio_encoder import MaxAudioEncoder
-from harness.max_whisper.batched import BATCH_SIZE, chunk_bounds
 from harness.max_whisper.engine import DTYPES, Engine
-from harness.max_whisper.whisper import MaxWhisper, Transcript
+from harness.max_whisper.whisper import MaxWhisper
 from harness.paths import FIXTURES
 from harness.peers import ctranslate2 as ctranslate2_peer
 from harness.peers.ctranslate2 import CTranslate2Whisper
+from harness.pipeline.batched import BATCH_SIZE, chunk_bounds
+from harness.pipeline.transcribe import Transcript
 from harness.progress import Notify, silent
 from harness.speed import first_transcript, machine
 from harness.speed.backends import (

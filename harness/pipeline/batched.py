@@ -12,13 +12,15 @@ like, and ``chunk_bounds`` gives the chunks faster-whisper is handed too (``clip
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import whisper
 from whisper.audio import HOP_LENGTH, SAMPLE_RATE
 from whisper.decoding import DecodingOptions
 
-from harness.max_whisper.whisper import MaxWhisper, Transcript
+from harness.pipeline.transcribe import Transcript, log_mel, transcribing
 
 CHUNK_S = 30  # what one encoder window holds
 SEARCH_S = 5  # a cut falls in the last SEARCH_S seconds before a chunk would pass CHUNK_S
@@ -42,7 +44,7 @@ def chunk_bounds(audio: np.ndarray) -> list[tuple[int, int]]:
 
 
 def transcribe_batched(
-    model: whisper.Whisper | MaxWhisper,
+    model: Any,
     audio: np.ndarray,
     language: str | None = "en",
     batch_size: int = BATCH_SIZE,
@@ -58,10 +60,8 @@ def transcribe_batched(
         language=language, without_timestamps=True, temperature=0.0, fp16=False
     )
     bounds = chunk_bounds(audio)
-    if isinstance(model, MaxWhisper):
-        model.load()
     results = []
-    with torch.no_grad():
+    with torch.no_grad(), transcribing(model):
         for first in range(0, len(bounds), batch_size):
             group = bounds[first : first + batch_size]
             mel = torch.stack([_log_mel(model, audio[start:end]) for start, end in group])
@@ -81,9 +81,6 @@ def transcribe_batched(
     return Transcript(text, tokens, results[0].language, segments)
 
 
-def _log_mel(model: whisper.Whisper | MaxWhisper, chunk: np.ndarray) -> torch.Tensor:
+def _log_mel(model: Any, chunk: np.ndarray) -> torch.Tensor:
     """(n_mels, 3000): the chunk padded to 30 s, in MAX for MAX, in PyTorch for PyTorch."""
-    padded = whisper.pad_or_trim(chunk.astype(np.float32))
-    if isinstance(model, MaxWhisper):
-        return torch.from_numpy(model.log_mel(padded))
-    return whisper.log_mel_spectrogram(padded, model.dims.n_mels)
+    return log_mel(model, whisper.pad_or_trim(chunk.astype(np.float32)))
