@@ -82,11 +82,36 @@ def test_transcribe_imports_none_of_the_report_machinery():
 
 def test_the_lazily_imported_modules_are_the_modules():
     code = (
-        "import harness.cli, harness.report.build as b; "
-        "print(harness.cli.report.build is b.build, callable(harness.cli.faults.run))"
+        "import harness.cli, harness.report.build as b, harness.max_whisper.whisper as w; "
+        "print(harness.cli.report.build is b.build, callable(harness.cli.faults.run), "
+        "harness.cli.max_model.MaxWhisper is w.MaxWhisper)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert result.stdout.split() == ["True", "True"], result.stderr
+    assert result.stdout.split() == ["True", "True", "True"], result.stderr
+
+
+def test_pytorchs_transcribe_imports_no_max():
+    """PyTorch's first transcript must not pay for importing MAX (~0.15 s)."""
+    code = (
+        "import sys; from harness import cli; "
+        f"code = cli.main(['transcribe', '{SHORT}', '--backend', 'torch', "
+        "'--model', 'fixture:speech']); "
+        "print('max' in sys.modules, code, file=sys.stderr)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.stderr.split()[-2:] == ["False", "0"], result.stderr
+    assert result.stdout.strip()
+
+
+def test_weights_with_the_pytorch_backend_is_one_line_error():
+    command = [sys.executable, "-m", "harness", "transcribe", str(SHORT), "--backend", "torch"]
+    result = subprocess.run(
+        [*command, "--weights", "q6_k"], capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --weights q6_k: MAX's decoding weights; use --backend max"
+    ]
 
 
 @pytest.mark.parametrize("name", ["tiny.en", "base", "large-v3", "turbo"])
