@@ -5,6 +5,10 @@ in PyTorch vs the ``select`` graph), over token histories that reach every times
 whole transcriptions of real speech through both loops on the same MAX model.
 """
 
+import threading
+from contextlib import nullcontext
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +136,37 @@ def test_transcripts_through_both_loops_are_the_same(model, monkeypatch):
         assert ours["avg_logprob"] == pytest.approx(theirs["avg_logprob"], abs=LOGPROB_ATOL)
         assert ours["no_speech_prob"] == pytest.approx(theirs["no_speech_prob"], abs=1e-6)
         assert ours["temperature"] == theirs["temperature"] == 0.0
+
+
+def test_encoder_runs_beside_task_setup_with_the_same_result(model, monkeypatch):
+    """``MaxWhisper.decode`` starts the encoder on a thread of its own before openai-whisper
+    builds the task (tokenizer, suppression list), and the task waits for it: same result as
+    the encoder run inside the task. Features given, or float16 asked for: no early encoding."""
+    checkpoint, candidate = model
+    mel = candidate.log_mel_spectrogram(np.zeros(16000 * 30, np.float32))[None]
+    threads, built = [], []
+    encoder, init = MaxWhisper.encoder, MaxDecodingTask.__init__
+
+    def encoding(self, mel):
+        threads.append(threading.current_thread().name)
+        return encoder(self, mel)
+
+    def building(self, model, options, encoding=None):
+        built.append(encoding is not None)
+        init(self, model, options, encoding)
+
+    monkeypatch.setattr(MaxWhisper, "encoder", encoding)
+    monkeypatch.setattr(MaxDecodingTask, "__init__", building)
+    options = DecodingOptions(fp16=False, language="en", without_timestamps=True)
+    ahead = candidate.decode(mel, options)
+    assert len(threads) == 1 and threads[0].startswith("max-encoder") and built == [True]
+    monkeypatch.setattr(MaxWhisper, "_encoding_ahead", lambda self, mel, options: nullcontext())
+    inside = candidate.decode(mel, options)
+    assert threads[1] == threading.main_thread().name and built[1] is False
+    assert ahead[0].tokens == inside[0].tokens and ahead[0].avg_logprob == inside[0].avg_logprob
+    features = candidate.encoder(mel)
+    del threads[:]
+    candidate.decode(features, options)
+    assert threads == []  # features given: nothing to encode
+    with candidate._encoding_ahead(mel, replace(options, fp16=True)) as early:
+        assert early is None
