@@ -160,6 +160,26 @@ def test_modes_parse_and_name_graphs(engine, load_checkpoint):
     assert WeightsMode.parse("q6_k:logits+float16").tag == "_wq6_klogits_float16"
 
 
+def test_cross_kv_in_float16_where_the_linear_layers_are_not_float32(engine, load_checkpoint):
+    """The audio's cross K/V, the step's largest read after its weights, are kept in float16
+    by the modes that round the linear layers, in a cross K/V graph of their own; float32 and
+    logits-only modes keep float32 K/V and the graph they always had."""
+    checkpoint = load_checkpoint("synthetic:tiny")
+    state = checkpoint.state_dict()
+    decoders = {
+        spec: MaxTextDecoder(checkpoint.dims, state, engine, weights=spec)
+        for spec in ("float32", "q6_k:logits", "float16", "q6_k:logits+float16")
+    }
+    plain = decoders["float32"].graph_name("cross_kv")
+    assert decoders["q6_k:logits"].graph_name("cross_kv") == plain
+    for spec in ("float16", "q6_k:logits+float16"):
+        assert WeightsMode.parse(spec).cross_kv_dtype == DType.float16
+        assert decoders[spec].graph_name("cross_kv") == plain + "_float16"
+    for spec, decoder in decoders.items():
+        kv = decoder.graph("cross_kv").output_types[0].dtype
+        assert kv == (WeightsMode.parse(spec).cross_kv_dtype or DType.float32), spec
+
+
 # The pretrained-weights test: greedy decoding of real clips from PyTorch's encoder output,
 # without timestamps, with float16 weights in the step (logits and every linear layer) against
 # PyTorch float32. Measured on the 12 clips of fixtures/speech: float16 equal on 12, q6_k on 9,
@@ -202,3 +222,17 @@ def test_float16_greedy_tokens_equal_pytorch(load_checkpoint, clip, tmp_path):
         f"exit {result.returncode} (-11: MAX segfaulted)\n" + (result.stderr[-3000:])
     )
     assert json.loads(result.stdout.splitlines()[-1]) == reference
+
+
+def test_kept_quantisation_pads_rows_as_the_kernels_need(tmp_path, monkeypatch):
+    """Zero rows up to ``rows`` (the kernels' multiple of 32), padded only to quantise: the kept
+    file is the padded packing, and the same weight with another row count is another file."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    weight = np.random.default_rng(6).standard_normal((40, 256)).astype(np.float32)
+    padded = np.concatenate([weight, np.zeros((24, 256), np.float32)])
+    packed = quantized.kept_quantize(weight, "q6_k", 64)
+    assert packed.shape[0] == 64
+    assert np.array_equal(packed, quantized.quantize(padded, "q6_k"))
+    assert np.array_equal(quantized.kept_quantize(weight, "q6_k", 64), packed)  # read back
+    assert quantized.kept_quantize(weight, "q6_k").shape[0] == 40
+    assert len(list((tmp_path / "max-whisper" / "quantized").glob("*.npy"))) == 2

@@ -70,8 +70,9 @@ class WeightsMode:
     (80 of tiny.en's 113 MB): ``float32`` (the default, today's exact graph), ``float16`` /
     ``bfloat16`` (half-precision weights, the activations cast to match) or a GGML block
     encoding read by ``ops.qmatmul``. ``linear``: that of every linear layer of the step, the
-    same as ``encoding`` unless given. Only the step graph reads the mode; the stage graphs
-    (parity) and the cross K/V graph stay float32.
+    same as ``encoding`` unless given. Only the step graph reads the mode, and the cross K/V
+    graph where the mode stores them in float16 (``cross_kv_dtype``); the stage graphs (parity)
+    stay float32.
     """
 
     encoding: str = "float32"
@@ -95,6 +96,18 @@ class WeightsMode:
     @property
     def quantizes_linear(self) -> bool:
         return self.linear_encoding != "float32"
+
+    @property
+    def cross_kv_dtype(self) -> DType | None:
+        """float16 where the linear layers are not float32, else None (the model's dtype).
+
+        After the weights, the audio's cross K/V are the step's largest read: base's 6 blocks
+        read 37 MB of them a token in float32. Stored in float16 and widened where attention
+        reads them (MAX fuses the cast into its attention), base's six cross-attention cores
+        took 2.28 ms against 3.66 (Xeon, 300 runs alternating, 2026-12-05); a mode whose
+        weights are already rounded pays this rounding too.
+        """
+        return DType.float16 if self.quantizes_linear else None
 
     @property
     def tag(self) -> str:
@@ -166,28 +179,28 @@ def layout(tensor: torch.Tensor, encoding: str) -> torch.Tensor:
     if encoding in HALF:
         return tensor.to(TORCH_HALF[encoding]).contiguous()
     w = tensor.detach().to(torch.float32).numpy()
-    rows = padded_rows(w.shape[0])
-    if rows > w.shape[0]:
-        w = np.concatenate([w, np.zeros((rows - w.shape[0], w.shape[1]), np.float32)])
-    return torch.from_numpy(kept_quantize(w, encoding))
+    return torch.from_numpy(kept_quantize(w, encoding, padded_rows(w.shape[0])))
 
 
-def kept_quantize(weight: np.ndarray, encoding: str) -> np.ndarray:
-    """``quantize``, its result kept on disk by the weight's bytes and this file's code.
+def kept_quantize(weight: np.ndarray, encoding: str, rows: int | None = None) -> np.ndarray:
+    """``quantize`` (after zero rows up to ``rows``), its result kept on disk by the weight's
+    bytes and this file's code.
 
     q6_k's scale search takes ~6 s on tiny.en's token embedding; a new process (one
     ``harness transcribe`` per clip) would otherwise pay it every time. Base in q6_k is ~40 MB.
+    A hit costs the hash of the float32 weight (sha256, the fastest here: tiny.en's 80 MB
+    embedding in 54 ms, blake2b 86), and the padding is copied only to quantise.
     """
     weight = np.ascontiguousarray(weight, dtype=np.float32)
-    key = hashlib.blake2b(digest_size=12)
-    key.update(Path(__file__).read_bytes())
-    key.update(f"{encoding}{weight.shape}".encode())
+    rows = weight.shape[0] if rows is None else rows
+    key = hashlib.sha256(Path(__file__).read_bytes())
+    key.update(f"{encoding}{weight.shape}{rows}".encode())
     key.update(weight.data)
-    path = cache_dir() / "max-whisper" / "quantized" / f"{encoding}-{key.hexdigest()}.npy"
+    path = cache_dir() / "max-whisper" / "quantized" / f"{encoding}-{key.hexdigest()[:24]}.npy"
     if path.is_file():
         os.utime(path)  # recently used: kept longest
         return np.load(path)
-    packed = quantize(weight, encoding)
+    packed = quantize(pad_rows(weight, rows), encoding)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")
     with partial.open("wb") as file:  # np.save on a path would append .npy to the name
@@ -205,6 +218,13 @@ def padded_columns(n_in: int, encoding: str) -> int:
     """``n_in`` rounded up to a whole number of the encoding's blocks."""
     block = ENCODINGS[encoding].elements_per_block
     return -(-n_in // block) * block
+
+
+def pad_rows(weight: np.ndarray, rows: int) -> np.ndarray:
+    n_out, n_in = weight.shape
+    if rows == n_out:
+        return weight
+    return np.concatenate([weight, np.zeros((rows - n_out, n_in), weight.dtype)])
 
 
 def pad_columns(weight: np.ndarray, encoding: str) -> np.ndarray:

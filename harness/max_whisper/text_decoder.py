@@ -25,7 +25,7 @@ from max.driver import Buffer
 from max.dtype import DType
 from max.graph import BufferType, DeviceRef, Graph, Module, TensorType, Value, ops
 
-from harness.max_whisper import decoder, greedy
+from harness.max_whisper import decoder, greedy, layers
 from harness.max_whisper.engine import to_numpy
 from harness.max_whisper.graphs import BoundGraphs
 from harness.max_whisper.layers import Declared, Scope
@@ -198,12 +198,17 @@ class MaxTextDecoder(BoundGraphs):
         selection has no weights and no planted fault: one graph per vocabulary size."""
         if kind == "select":
             return f"whisper_{self.family}_select_{self.shape(kind)}"
-        return super().graph_name(kind) + (self.weights_mode.tag if kind == "step" else "")
+        name = super().graph_name(kind)
+        if kind == "step":
+            return name + self.weights_mode.tag
+        if kind == "cross_kv" and (kv := self.weights_mode.cross_kv_dtype):
+            return name + f"_{kv.name.lower()}"
+        return name
 
     def graph(self, kind: str, module: Module | None = None) -> Graph:
         scope = Scope.of(kind, self.engine.dtype, self.engine.device_ref, self.variant)
         scope = replace(scope, few_rows=kind in FEW_ROWS)
-        if kind == "step":
+        if kind in ("step", "cross_kv"):
             scope = replace(scope, weights_mode=self.weights_mode)
         input_types, build = self._builders(scope)[kind]
         with Graph(self.graph_name(kind), input_types=input_types, module=module) as graph:
@@ -214,7 +219,8 @@ class MaxTextDecoder(BoundGraphs):
         """Per graph kind: its input types, and how it maps its inputs to its outputs.
 
         Activations enter and leave the stage graphs as float32 whatever the model dtype; the
-        cached K/V stay in the model dtype, since only the step graph reads them.
+        cached K/V stay in the model dtype (the cross K/V in float16 where the weights mode says
+        so: ``WeightsMode.cross_kv_dtype``), since only the step graph reads them.
         """
         d, dtype, device = self.dims, scope.dtype, scope.device
         head_dim = d.n_text_state // d.n_text_head
@@ -222,7 +228,8 @@ class MaxTextDecoder(BoundGraphs):
         state = TensorType(DType.float32, ["batch", "n", d.n_text_state], device)
         audio = TensorType(DType.float32, ["batch", d.n_audio_ctx, d.n_audio_state], device)
         offset = TensorType(DType.int64, [], DeviceRef.CPU())
-        cross = TensorType(dtype, ["batch", d.n_text_head, d.n_audio_ctx, head_dim], device)
+        kv_dtype = scope.weights_mode.cross_kv_dtype or dtype
+        cross = TensorType(kv_dtype, ["batch", d.n_text_head, d.n_audio_ctx, head_dim], device)
         cache = BufferType(dtype, ["batch", d.n_text_head, d.n_text_ctx, head_dim], device)
         rows = TensorType(DType.int64, ["batch"], device)
         picked = TensorType(DType.int64, ["rows"], device)  # the step's positions with logits
@@ -268,7 +275,12 @@ class MaxTextDecoder(BoundGraphs):
                 [state],
                 lambda s, i: [f32(decoder.logits(cast(i[0]), decoder.token_embedding(s, d)))],
             ),
-            "cross_kv": ([audio], lambda s, i: decoder.all_cross_kv(s, cast(i[0]), d)),
+            "cross_kv": (
+                [audio],
+                lambda s, i: [
+                    layers.cast(kv, kv_dtype) for kv in decoder.all_cross_kv(s, cast(i[0]), d)
+                ],
+            ),
             "reorder": ([rows] + [cache] * n_kv, lambda s, i: reorder(i[0].tensor, i[1:])),
             "step": ([tokens, offset] + [cross] * n_kv + [cache] * n_kv + [picked], step),
             "select": (
