@@ -26,21 +26,28 @@ from whisper.decoding import DecodingOptions
 from harness.compare.transcripts import speech_clips
 from harness.inputs.audio import load_audio
 from harness.max_whisper import quantized
-from harness.max_whisper.quantized import ENCODINGS, HALF, WeightsMode
+from harness.max_whisper.quantized import ENCODINGS, HALF, RESIDUAL, WeightsMode
 from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.max_whisper.weights import registry
 from harness.paths import REPO
 from harness.reference import tracer
 
 N_OUT, N_IN, ROWS = 100, 384, 3
-MODES = (*HALF, *ENCODINGS)
+MODES = (*HALF, *ENCODINGS, *RESIDUAL)
 
 # Each mode's product against numpy's x @ Wᵀ on the float32 weight (rel_l2 over the (3, 100)
 # output). The quantisation error dominates and is fixed by the seed; measured here: q4_0
-# 0.092, q4_k 0.080, q6_k 0.020, float16 3.7e-4, bfloat16 2.9e-3. Each bound is 1.5x the
-# measurement: seeded data make it reproducible, and a broken packing (a nibble or a scale in
-# the wrong place) is off by O(1).
-WEIGHT_REL_L2 = {"q4_0": 0.14, "q4_k": 0.12, "q6_k": 0.03, "float16": 5.5e-4, "bfloat16": 4.4e-3}
+# 0.092, q4_k 0.080, q6_k 0.018, q6_k_r 0.0068, float16 3.7e-4, bfloat16 2.9e-3. Each bound is
+# about 1.5x the measurement: seeded data make it reproducible, and a broken packing (a nibble
+# or a scale in the wrong place) is off by O(1).
+WEIGHT_REL_L2 = {
+    "q4_0": 0.14,
+    "q4_k": 0.12,
+    "q6_k": 0.03,
+    "q6_k_r": 0.01,
+    "float16": 5.5e-4,
+    "bfloat16": 4.4e-3,
+}
 # The product against numpy's x @ dequantize(W)ᵀ: what the kernel adds on top of the packing,
 # its 8-bit quantisation of the activations (the GGML kernels multiply integers; 1/127 of a
 # block's largest value at most). Measured: q4_0 5.5e-3, q4_k 6.8e-3, q6_k 6.7e-3; bound 3x the
@@ -60,8 +67,12 @@ def product(engine):
     x = rng.standard_normal((ROWS, N_IN)).astype(np.float32)
     device = DeviceRef.CPU()
 
-    def declare(name, shape, dtype, encoding=None):
-        return Weight(name, dtype, shape, device, quantization_encoding=encoding)
+    declared = {}
+
+    def declare(name, shape, dtype, encoding=None):  # q6_k_r's first part is q6_k's weight
+        if name not in declared:
+            declared[name] = Weight(name, dtype, shape, device, quantization_encoding=encoding)
+        return declared[name]
 
     rows_type = TensorType(DType.float32, [ROWS, N_IN], device)
     with Graph("test_quantized_project", input_types=[rows_type]) as g:
@@ -77,7 +88,7 @@ def product(engine):
     arrays = iter(o.to_numpy() for o in outputs)
     products = {mode: next(arrays) for mode in MODES}
     unpacked = {encoding: next(arrays) for encoding in ENCODINGS}
-    packed_numpy = {e: weights[f"w.{e}"].numpy() for e in ENCODINGS}
+    packed_numpy = {e: weights[f"w.{e}"].numpy() for e in (*ENCODINGS, *RESIDUAL)}
     return x, weight, products, unpacked, packed_numpy
 
 
@@ -99,6 +110,19 @@ def test_product_against_numpy(product, mode):
     if mode in ENCODINGS:
         dequantized = quantized.dequantize(packed[mode], mode, N_IN)[:N_OUT]
         assert rel_l2(products[mode], x @ dequantized.T) < KERNEL_REL_L2
+
+
+def test_residual_encoding_adds_what_its_first_part_leaves(product):
+    """``q6_k_r``: the q6_k product plus that of q6_k's residual in q4_0, stored as such."""
+    x, weight, products, _, packed = product
+    first, rest = RESIDUAL["q6_k_r"]
+    left = weight - quantized.dequantize(packed[first], first, N_IN)[:N_OUT]
+    stored = quantized.dequantize(packed["q6_k_r"], rest, N_IN)[:N_OUT]
+    assert np.array_equal(stored, quantized.dequantize(quantized.quantize(left, rest), rest))
+    # 0.0068 against q6_k's 0.018 here: the weights' error falls ~13x (base's embedding: 1.87%
+    # -> 0.14%), the product's less, down to the kernels' 8-bit rounding of the activations
+    exact = x @ weight.T
+    assert rel_l2(products["q6_k_r"], exact) < rel_l2(products[first], exact) / 2
 
 
 def test_quantiser_is_exact_where_the_grid_is():
