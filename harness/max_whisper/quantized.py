@@ -57,8 +57,9 @@ ENCODINGS = {
 HALF = {"float16": DType.float16, "bfloat16": DType.bfloat16}
 TORCH_HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # An encoding and a second one for what the first leaves out: x @ Wᵀ = x @ Q6ᵀ + x @ (W - Q6)ᵀ,
-# two products summed. Base's logits product: relative error 2.9% in q6_k, 0.61% with the
-# residual in q4_0, 0.046% in float16; 1.75, 3.08 and 4.60 ms (Xeon, 200 runs in turns).
+# two products summed. Base's logits product on a random activation: relative error 2.9% in
+# q6_k, 0.61% with the residual in q4_0, 0.046% in float16; 1.75, 3.08 and 4.60 ms (Xeon, 200
+# runs in turns).
 RESIDUAL = {"q6_k_r": ("q6_k", "q4_0")}
 MODES = ("float32", *HALF, *ENCODINGS, *RESIDUAL)
 ROWS = 32  # MAX's q4_0/q4_k/q6_k kernels need a multiple of 32 output rows
@@ -75,9 +76,8 @@ class WeightsMode:
     ``bfloat16`` (half-precision weights, the activations cast to match), a GGML block
     encoding read by ``ops.qmatmul``, or a ``RESIDUAL`` pair of them (``q6_k_r``).
     ``linear``: that of every linear layer of the step, the same as ``encoding`` unless given.
-    Only the step graph reads the mode, and the cross K/V
-    graph where the mode stores them in float16 (``cross_kv_dtype``); the stage graphs (parity)
-    stay float32.
+    Only the step graph reads the mode, and the cross K/V graph where the mode stores them in
+    float16 (``cross_kv_dtype``); the stage graphs (parity) stay float32.
     """
 
     encoding: str = "float32"
@@ -229,7 +229,8 @@ def kept_quantize(weight: np.ndarray, encoding: str, rows: int | None = None) ->
 
 
 def quantize_padded(weight: np.ndarray, encoding: str) -> np.ndarray:
-    """``quantize``, or for a ``RESIDUAL`` encoding its second part."""
+    """``quantize`` of a weight with its rows padded, or for a ``RESIDUAL`` encoding the
+    stored second part."""
     if encoding not in RESIDUAL:
         return quantize(weight, encoding)
     first, rest = RESIDUAL[encoding]

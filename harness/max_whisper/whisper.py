@@ -129,7 +129,7 @@ class MaxWhisper:
         """The encoder started on a thread of its own while openai-whisper builds the decoding
         task: its tokenizer and suppression list are ~0.15 s of Python the first time in a
         process, and MAX's encoder runs outside the GIL. Tiny.en's encoder and that setup took
-        0.62 s one after the other, 0.51 s together. None where the task would not encode
+        0.49 s one after the other, 0.37-0.40 together. None where the task would not encode
         (features given, or float16 asked for, which this float32 encoder does not serve)."""
         d = self.dims
         if options.fp16 or mel.shape[-2:] == (d.n_audio_ctx, d.n_audio_state):
