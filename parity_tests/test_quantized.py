@@ -25,7 +25,7 @@ from whisper.decoding import DecodingOptions
 
 from harness.compare.transcripts import speech_clips
 from harness.inputs.audio import load_audio
-from harness.max_whisper import quantized
+from harness.max_whisper import decoder, quantized
 from harness.max_whisper.quantized import ENCODINGS, HALF, RESIDUAL, WeightsMode
 from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.max_whisper.weights import registry
@@ -182,6 +182,59 @@ def test_modes_parse_and_name_graphs(engine, load_checkpoint):
     tags = {spec: WeightsMode.parse(spec).tag for spec in ("float32", "q6_k", "q6_k:logits")}
     assert tags == {"float32": "", "q6_k": "_wq6_k", "q6_k:logits": "_wq6_klogits"}
     assert WeightsMode.parse("q6_k:logits+float16").tag == "_wq6_klogits_float16"
+    # _top: the logits rescored, the linear layers in the plain encoding
+    top = WeightsMode.parse("q6_k_top")
+    assert (top.encoding, top.rescore, top.linear_encoding, top.spec) == ("q6_k", True, "q6_k", "q6_k_top")
+    top_mixed = WeightsMode.parse("q6_k_top:logits+float16")
+    assert top_mixed.spec == "q6_k_top:logits+float16"
+    assert top_mixed.tag == "_wq6_k_toplogits_float16" != mixed.tag
+    with pytest.raises(ValueError, match="nothing to rescore"):
+        WeightsMode.parse("float32_top")
+
+
+# rescore_best on a vocabulary whose last group of 32 is partial (1000 = 31 x 32 + 8)
+VOCAB, STATE = 1000, 64
+
+
+@pytest.fixture(scope="module")
+def rescored(engine):
+    """(exact scores, rounded scores, rescored scores) of three rows: the rounded ones are the
+    exact plus noise as large as q6_k's; row 2's best tokens are in the last, partial group."""
+    rng = np.random.default_rng(21)
+    embedding = rng.standard_normal((VOCAB, STATE)).astype(np.float32)
+    embedding[VOCAB - 3 :] *= 4  # large rows: row 2's best tokens
+    x = rng.standard_normal((ROWS, STATE)).astype(np.float32)
+    x[2] = embedding[VOCAB - 3 :].sum(axis=0) / 4
+    exact = x @ embedding.T
+    rounded = (exact + rng.standard_normal(exact.shape) * 0.03 * exact.std()).astype(np.float32)
+    device = DeviceRef.CPU()
+    inputs = [TensorType(DType.float32, [ROWS, VOCAB], device)]
+    inputs.append(TensorType(DType.float32, [ROWS, STATE], device))
+    with Graph("test_rescore_best", input_types=inputs) as g:
+        weight = Weight("token_embedding.weight", DType.float32, [VOCAB, STATE], device)
+        g.output(decoder.rescore_best(g.inputs[0].tensor, g.inputs[1].tensor, weight))
+    compiled = engine.compile(lambda: g, g.name)
+    model = engine.init(compiled, {"token_embedding.weight": torch.from_numpy(embedding)})
+    (output,) = model.execute(Buffer.from_numpy(rounded), Buffer.from_numpy(x))
+    return exact, rounded, output.to_numpy()
+
+
+def test_rescoring_computes_the_best_groups_again_and_leaves_the_rest(rescored):
+    exact, rounded, output = rescored
+    n_groups = -(-VOCAB // decoder.GROUP)
+    padded = np.pad(rounded, [(0, 0), (0, n_groups * decoder.GROUP - VOCAB)], constant_values=-np.inf)
+    group_best = padded.reshape(ROWS, n_groups, decoder.GROUP).max(axis=-1)
+    for row in range(ROWS):
+        groups = np.argsort(-group_best[row])[: decoder.CANDIDATES]
+        picked = np.zeros(n_groups * decoder.GROUP, bool)
+        for group in groups:
+            picked[group * decoder.GROUP : (group + 1) * decoder.GROUP] = True
+        picked = picked[:VOCAB]
+        assert picked.sum() >= decoder.CANDIDATES * decoder.GROUP - (n_groups * decoder.GROUP - VOCAB)
+        np.testing.assert_allclose(output[row, picked], exact[row, picked], rtol=1e-5, atol=1e-4)
+        assert np.array_equal(output[row, ~picked], rounded[row, ~picked])
+        assert output[row].argmax() == exact[row].argmax()
+    assert exact[2].argmax() >= VOCAB - 3  # the partial group was among the rescored
 
 
 def test_cross_kv_in_float16_where_the_linear_layers_are_not_float32(engine, load_checkpoint):
@@ -202,6 +255,16 @@ def test_cross_kv_in_float16_where_the_linear_layers_are_not_float32(engine, loa
     for spec, decoder in decoders.items():
         kv = decoder.graph("cross_kv").output_types[0].dtype
         assert kv == (WeightsMode.parse(spec).cross_kv_dtype or DType.float32), spec
+
+
+def test_every_mode_builds_its_step_graph(engine, load_checkpoint):
+    """Each mode's step graph builds (no compile): the float16 cross K/V once reached a q6_k
+    linear layer in float16, which ``ops.qmatmul`` refuses, and ``--weights q6_k`` failed."""
+    checkpoint = load_checkpoint("synthetic:tiny")
+    state = checkpoint.state_dict()
+    for spec in (*MODES, "q6_k_top", "q6_k_top:logits+float16", "q4_0:logits+q6_k"):
+        step = MaxTextDecoder(checkpoint.dims, state, engine, weights=spec).graph("step")
+        assert step.output_types[0].dtype == DType.float32, spec
 
 
 # The pretrained-weights test: greedy decoding of real clips from PyTorch's encoder output,

@@ -203,8 +203,10 @@ def attention(
     bfloat16: scores q kᵀ rounded to bfloat16 (what a bfloat16 matmul returns) put synthetic:tiny's
     attention sub-stage at rel_l2 0.3, even with softmax in float32, where PyTorch's bfloat16
     attention (SDPA, float32 inside) is at 3e-3; in float32 MAX is at 4e-3 (see README).
+    The output is in ``q``'s dtype, the model's: a decoding step's cross K/V may be stored in
+    float16 (``WeightsMode.cross_kv_dtype``), and the projection after it must not see that.
     """
-    dtype = v.dtype
+    dtype = q.dtype
     q, k, v = float32(q), float32(k), float32(v)
     return cast(attention_float32(scope, q, k, v, mask), dtype)
 
