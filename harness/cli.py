@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="MODE",
         help="a MAX decoding weights mode to measure beside float32 (repeatable): float16, "
-        "bfloat16, q4_0, q4_k, q6_k, q6_k_r (q6_k plus its residual in q4_0); MODE:logits for "
+        "bfloat16, q4_0, q4_k, q6_k, q6_k_r (q6_k plus its residual in q4_0), ENCODING_top (its "
+        "logits' best 256 candidates computed again in float32, e.g. q6_k_top); MODE:logits for "
         "the logits product only, "
         "MODE:logits+MODE2 with the linear layers in MODE2 (e.g. q6_k:logits+float16); "
         f"default {' '.join(DEFAULT_WEIGHTS)}; limits: weights:MODE in fixtures/tolerances.json",
@@ -153,7 +154,7 @@ def _add_transcribe(commands: argparse._SubParsersAction) -> None:
         default="float32",
         metavar="MODE",
         help="MAX's decoding weights: float32 (default), float16, bfloat16, q4_0, q4_k, q6_k, "
-        "q6_k_r, MODE:logits, MODE:logits+MODE2 (see report --weights)",
+        "q6_k_r, q6_k_top, MODE:logits, MODE:logits+MODE2 (see report --weights)",
     )
     run.add_argument("--language", default=None, help="e.g. en; default: detected by the model")
     run.add_argument(

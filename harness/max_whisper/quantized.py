@@ -64,6 +64,10 @@ RESIDUAL = {"q6_k_r": ("q6_k", "q4_0")}
 MODES = ("float32", *HALF, *ENCODINGS, *RESIDUAL)
 ROWS = 32  # MAX's q4_0/q4_k/q6_k kernels need a multiple of 32 output rows
 KEPT_BYTES = 1 << 30  # quantised weights kept on disk, least recently used dropped beyond
+# A logits encoding spelled with this suffix (``q6_k_top``) has its best candidates computed
+# again from the float32 embedding (``decoder.rescore_best``): rounding moves the logits of the
+# tokens that carry the probability, and only those matter much to the distribution.
+TOP = "_top"
 SUFFIX = re.compile(r"^(.*)\.(" + "|".join([*HALF, *ENCODINGS, *RESIDUAL]) + r")$")
 
 
@@ -76,23 +80,32 @@ class WeightsMode:
     ``bfloat16`` (half-precision weights, the activations cast to match), a GGML block
     encoding read by ``ops.qmatmul``, or a ``RESIDUAL`` pair of them (``q6_k_r``).
     ``linear``: that of every linear layer of the step, the same as ``encoding`` unless given.
+    ``rescore``: the logits' best candidates are computed again in float32 (spelled ``<encoding>_top``).
     Only the step graph reads the mode, and the cross K/V graph where the mode stores them in
     float16 (``cross_kv_dtype``); the stage graphs (parity) stay float32.
     """
 
     encoding: str = "float32"
     linear: str = ""  # "": as ``encoding``
+    rescore: bool = False
 
     def __post_init__(self) -> None:
         for encoding in (self.encoding, self.linear_encoding):
             if encoding not in MODES:
                 raise ValueError(f"unknown weights mode {encoding!r}: one of {', '.join(MODES)}")
+        if self.rescore and self.encoding == "float32":
+            raise ValueError(f"float32{TOP}: float32 logits are exact, there is nothing to rescore")
         if self.linear == self.encoding:
             object.__setattr__(self, "linear", "")  # one spelling per mode, for == and names
 
     @property
     def linear_encoding(self) -> str:
         return self.linear or self.encoding
+
+    @property
+    def logits(self) -> str:
+        """The logits' encoding as spelled in a mode: ``q6_k`` or ``q6_k_top``."""
+        return self.encoding + (TOP if self.rescore else "")
 
     @property
     def exact(self) -> bool:
@@ -120,22 +133,23 @@ class WeightsMode:
         if self.exact:
             return ""
         if not self.linear:
-            return f"_w{self.encoding}"
+            return f"_w{self.logits}"
         rest = "" if self.linear == "float32" else f"_{self.linear}"
-        return f"_w{self.encoding}logits{rest}"
+        return f"_w{self.logits}logits{rest}"
 
     @property
     def spec(self) -> str:
         if not self.linear:
-            return self.encoding
+            return self.logits
         rest = "" if self.linear == "float32" else f"+{self.linear}"
-        return f"{self.encoding}:logits{rest}"
+        return f"{self.logits}:logits{rest}"
 
     @classmethod
     def parse(cls, spec: str | WeightsMode) -> WeightsMode:
         """``q6_k`` (the logits and every linear layer), ``q6_k:logits`` (the logits product
         only, the linear layers float32) or ``q6_k:logits+float16`` (the linear layers in
-        float16); likewise for every encoding in ``MODES``."""
+        float16); likewise for every encoding in ``MODES``, and ``q6_k_top`` for q6_k's logits
+        with their best candidates rescored (``rescore``)."""
         if isinstance(spec, WeightsMode):
             return spec
         encoding, _, part = spec.partition(":")
@@ -145,7 +159,12 @@ class WeightsMode:
                 f"unknown weights mode {spec!r}: '<encoding>', '<encoding>:logits' or "
                 "'<encoding>:logits+<encoding>'"
             )
-        return cls(encoding, linear=linear or ("float32" if part else ""))
+        rescore = encoding.endswith(TOP)
+        return cls(
+            encoding.removesuffix(TOP),
+            linear=linear or ("float32" if part else ""),
+            rescore=rescore,
+        )
 
 
 FLOAT32 = WeightsMode()
