@@ -184,7 +184,12 @@ def test_modes_parse_and_name_graphs(engine, load_checkpoint):
     assert WeightsMode.parse("q6_k:logits+float16").tag == "_wq6_klogits_float16"
     # _top: the logits rescored, the linear layers in the plain encoding
     top = WeightsMode.parse("q6_k_top")
-    assert (top.encoding, top.rescore, top.linear_encoding, top.spec) == ("q6_k", True, "q6_k", "q6_k_top")
+    assert (top.encoding, top.rescore, top.linear_encoding, top.spec) == (
+        "q6_k",
+        True,
+        "q6_k",
+        "q6_k_top",
+    )
     top_mixed = WeightsMode.parse("q6_k_top:logits+float16")
     assert top_mixed.spec == "q6_k_top:logits+float16"
     assert top_mixed.tag == "_wq6_k_toplogits_float16" != mixed.tag
@@ -222,7 +227,9 @@ def rescored(engine):
 def test_rescoring_computes_the_best_groups_again_and_leaves_the_rest(rescored):
     exact, rounded, output = rescored
     n_groups = -(-VOCAB // decoder.GROUP)
-    padded = np.pad(rounded, [(0, 0), (0, n_groups * decoder.GROUP - VOCAB)], constant_values=-np.inf)
+    padded = np.pad(
+        rounded, [(0, 0), (0, n_groups * decoder.GROUP - VOCAB)], constant_values=-np.inf
+    )
     group_best = padded.reshape(ROWS, n_groups, decoder.GROUP).max(axis=-1)
     for row in range(ROWS):
         groups = np.argsort(-group_best[row])[: decoder.CANDIDATES]
@@ -230,7 +237,9 @@ def test_rescoring_computes_the_best_groups_again_and_leaves_the_rest(rescored):
         for group in groups:
             picked[group * decoder.GROUP : (group + 1) * decoder.GROUP] = True
         picked = picked[:VOCAB]
-        assert picked.sum() >= decoder.CANDIDATES * decoder.GROUP - (n_groups * decoder.GROUP - VOCAB)
+        assert picked.sum() >= decoder.CANDIDATES * decoder.GROUP - (
+            n_groups * decoder.GROUP - VOCAB
+        )
         np.testing.assert_allclose(output[row, picked], exact[row, picked], rtol=1e-5, atol=1e-4)
         assert np.array_equal(output[row, ~picked], rounded[row, ~picked])
         assert output[row].argmax() == exact[row].argmax()
@@ -252,8 +261,8 @@ def test_cross_kv_in_float16_where_the_linear_layers_are_not_float32(engine, loa
     for spec in ("float16", "q6_k:logits+float16"):
         assert WeightsMode.parse(spec).cross_kv_dtype == DType.float16
         assert decoders[spec].graph_name("cross_kv") == plain + "_float16"
-    for spec, decoder in decoders.items():
-        kv = decoder.graph("cross_kv").output_types[0].dtype
+    for spec, text_decoder in decoders.items():
+        kv = text_decoder.graph("cross_kv").output_types[0].dtype
         assert kv == (WeightsMode.parse(spec).cross_kv_dtype or DType.float32), spec
 
 

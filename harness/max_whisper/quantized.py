@@ -80,7 +80,7 @@ class WeightsMode:
     ``bfloat16`` (half-precision weights, the activations cast to match), a GGML block
     encoding read by ``ops.qmatmul``, or a ``RESIDUAL`` pair of them (``q6_k_r``).
     ``linear``: that of every linear layer of the step, the same as ``encoding`` unless given.
-    ``rescore``: the logits' best candidates are computed again in float32 (spelled ``<encoding>_top``).
+    ``rescore``: the logits' best candidates are computed again in float32 (``<encoding>_top``).
     Only the step graph reads the mode, and the cross K/V graph where the mode stores them in
     float16 (``cross_kv_dtype``); the stage graphs (parity) stay float32.
     """
