@@ -7,58 +7,43 @@ anything else is a bug in the harness and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from types import ModuleType
 
 from harness.candidates import OURS
 from harness.compare import gate
 from harness.errors import HarnessError
 from harness.inputs import checkpoints
 from harness.inputs.audio import load_audio
+from harness.lazy_import import lazy
 from harness.paths import REPORTS
 from harness.pipeline.batched import transcribe_batched
 from harness.pipeline.transcribe import transcribe
 from harness.progress import Progress
 
-
-def _lazy(name: str) -> ModuleType:
-    """``import name``, run on first use of one of its attributes (Python's LazyLoader recipe).
-
-    ``transcribe`` is run once per file, and the report and fault machinery (pandas,
-    matplotlib, the tracer) cost it ~1 s of imports it never uses.
-    """
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    parent, _, child = name.rpartition(".")
-    setattr(sys.modules[parent], child, module)  # as an import does: ``harness.report.build`` works
-    return module
-
-
-faults = _lazy("harness.faults.cli")
-repro = _lazy("harness.repro.cli")
-repro_report = _lazy("harness.repro.report_hook")
-report = _lazy("harness.report.build")
-measure = _lazy("harness.speed.measure")  # with the peers and scipy: ~0.5 s
-transcripts = _lazy("harness.compare.transcripts")
-candidates = _lazy("harness.candidates.registry")
-candidate_report = _lazy("harness.candidates.document")
+# The report and fault machinery (pandas, matplotlib, the tracer): ~1 s that transcribe never uses
+faults = lazy("harness.faults.cli")
+repro = lazy("harness.repro.cli")
+repro_report = lazy("harness.repro.report_hook")
+report = lazy("harness.report.build")
+measure = lazy("harness.speed.measure")  # with the peers and scipy: ~0.5 s
+transcripts = lazy("harness.compare.transcripts")
+candidates = lazy("harness.candidates.registry")
+candidate_report = lazy("harness.candidates.document")
 # MAX and the MAX model: ~0.15 s of imports that ``transcribe --backend torch`` never uses
-max_engine = _lazy("harness.max_whisper.engine")
-max_model = _lazy("harness.max_whisper.whisper")
+max_engine = lazy("harness.max_whisper.engine")
+max_model = lazy("harness.max_whisper.whisper")
 
-# MAX's fastest decoding weights mode whose drift from PyTorch is within CTranslate2 int8's on
-# every measure (README, Speed); every report measures it beside float32.
-DEFAULT_WEIGHTS = ("float16",)
+# What a report measures beside MAX float32 without --weights. On pretrained weights, q6_k_top:
+# MAX's fastest decoding mode, whose drift is within CTranslate2 int8's on every measure (README,
+# "Where MAX stands") and whose limits were measured there. Random weights leave near-ties
+# everywhere, so any rounding flips their tokens (q6_k_top kept 1 of 4 synthetic:tiny clips,
+# 2026-12-05) and pretrained limits say nothing of them: float16, which keeps every token,
+# exercises the weights modes there.
+DEFAULT_WEIGHTS = {"pretrained": ("q6_k_top",), "synthetic": ("float16",), "fixture": ("float16",)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
         "logits' best 256 candidates computed again in float32, e.g. q6_k_top); MODE:logits for "
         "the logits product only, "
         "MODE:logits+MODE2 with the linear layers in MODE2 (e.g. q6_k:logits+float16); "
-        f"default {' '.join(DEFAULT_WEIGHTS)}; limits: weights:MODE in fixtures/tolerances.json",
+        "default q6_k_top on pretrained weights, float16 on synthetic and fixture ones; "
+        "limits: weights:MODE in fixtures/tolerances.json",
     )
     run.add_argument(
         "--no-peers",
@@ -191,13 +177,15 @@ def _report(args: argparse.Namespace) -> int:
     plain = args.device == "cpu" and args.dtype == "float32"
     if args.weights and not plain:
         raise HarnessError("--weights: MAX weights modes run on the CPU with --dtype float32")
-    weights = (DEFAULT_WEIGHTS if plain else ()) if args.weights is None else args.weights
-    for mode in weights:
+    for mode in args.weights or ():
         _check_weights_mode(mode)
     progress = Progress()
     spec = args.model or checkpoints.DEFAULT_MODEL
     candidate = candidates.resolve(args.candidate)
     checkpoint = checkpoints.load(spec)
+    weights = args.weights
+    if weights is None:
+        weights = DEFAULT_WEIGHTS[checkpoint.weights] if plain else ()
     suffix = "" if candidate.ours else f"-{_slug(candidate.name)}"
     out = args.out or REPORTS / f"{_slug(spec)}-{args.device}-{args.dtype}{suffix}"
     if not candidate.ours:

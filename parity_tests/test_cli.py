@@ -203,3 +203,27 @@ def test_report_refuses_a_bad_weights_mode_before_any_work(args, message):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+class _Built(Exception):
+    """Raised by a stand-in ``report.build``: the report's arguments are known, nothing runs."""
+
+
+@pytest.mark.parametrize(
+    ("model", "modes"), [("tiny.en", ["q6_k_top"]), ("synthetic:tiny", ["float16"])]
+)
+def test_a_report_measures_the_fastest_mode_by_default_on_pretrained_weights(
+    monkeypatch, tmp_path, model, modes
+):
+    """q6_k_top's limits were measured on pretrained weights; random ones flip tokens under any
+    rounding, so a synthetic report measures float16 (``cli.DEFAULT_WEIGHTS``)."""
+    from harness import cli
+
+    def build(*args, weights, **kwargs):
+        raise _Built(list(weights))
+
+    monkeypatch.setattr(cli.report, "build", build)
+    with pytest.raises(_Built) as built:
+        cli.main(["report", "--model", model, "--out", str(tmp_path / "r"), "--speed-runs", "0"])
+    assert built.value.args == (modes,)
+    assert not (tmp_path / "r").exists()

@@ -18,12 +18,14 @@ from collections.abc import Iterable, Iterator
 from math import gcd
 from pathlib import Path
 
-import av
 import numpy as np
 import soundfile as sf
 from whisper.audio import SAMPLE_RATE
 
 from harness.errors import HarnessError
+from harness.lazy_import import lazy
+
+av = lazy("av")  # ~0.12 s to import, for the formats soundfile does not read
 
 # libsndfile can read MP3 and Ogg too, but whisper's reference decoder is FFmpeg, and libsndfile
 # handles encoder delay and stream ends its own way: it plays Ogg Opus without skipping the
