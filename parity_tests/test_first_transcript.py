@@ -401,3 +401,11 @@ def test_a_unit_another_process_is_compiling_is_waited_for_and_read_not_compiled
     second.compile_together(specs)
     assert time.perf_counter() - start >= 0.5  # it waited for the claim
     assert second.loaded == {"a", "b"}  # and read the unit from the store
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "uint8"])
+def test_zeros_for_a_graph_bound_but_not_run_are_the_declared_weight(tmp_path, dtype):
+    """Made from calloc'd bytes (``Engine._zeros_like``), viewed as any dtype MAX declares."""
+    zeros = Engine(store=tmp_path)._zeros_like(Declared((3, 5), dtype))
+    assert zeros.dtype == getattr(torch, dtype) and tuple(zeros.shape) == (3, 5)
+    assert not zeros.any()

@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -341,9 +342,16 @@ class Engine:
         return self._store_path(json.dumps([s.recipe for s in specs]), name)
 
     def _zeros_like(self, declared: Declared) -> torch.Tensor:
+        """Zeros for a weight of a graph bound but never run. NumPy's come from calloc, whose
+        pages the OS maps on first touch, and MAX does not touch them; ``torch.zeros`` wrote
+        every byte. Loading tiny.en's q6_k_top transcription, bound through three stored units
+        with 189 weights of graphs it does not run: 0.35-0.40 s against 0.30-0.33 (quiet, 3
+        runs each), 120 MB less resident, and 0.26 s saved beside a busy core."""
         if declared not in self._zeros:
             dtype = getattr(torch, declared.dtype)
-            self._zeros[declared] = torch.zeros(declared.shape, dtype=dtype)
+            size = math.prod(declared.shape) * dtype.itemsize
+            zeros = torch.from_numpy(np.zeros(size, np.uint8)).view(dtype)
+            self._zeros[declared] = zeros.reshape(declared.shape)
         return self._zeros[declared]
 
     def to_device(self, array: np.ndarray | torch.Tensor) -> Buffer:
