@@ -266,6 +266,15 @@ def test_graphs_that_differ_inside_a_subgraph_are_not_bound_through_one_another(
         np.testing.assert_array_equal(out, factor * x)
 
 
+def test_mlir_text_is_strs_text_so_stored_graphs_keep_their_digests():
+    """``engine.mlir_text`` prints without str()'s verification (a deadlock in MAX 26.7), and
+    must not change a byte: every stored graph is found by a digest of that text."""
+    for spec in (_calling("twice", 2.0), _weighted("one", "scale")):
+        module = Module()
+        spec.build(module)
+        assert engine_module.mlir_text(module) == str(module.mlir_module)
+
+
 def test_a_graph_another_process_compiled_in_another_unit_is_bound_through_it(tmp_path):
     """The report compiles the encoder with its stages; ``transcribe`` asks for it again in the
     transcription unit: only the graphs no stored unit holds are compiled."""
