@@ -159,6 +159,26 @@ def test_quantised_weights_are_kept_on_disk(tmp_path, monkeypatch):
     )
 
 
+def test_a_weight_known_by_name_is_read_back_without_its_bytes(tmp_path, monkeypatch):
+    """With ``known_as``, a second process finds the kept file by that name alone: given other
+    bytes under the same name it reads the first file (so it did not hash them), while a new
+    name, or a name whose file was evicted, hashes and quantises again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    rng = np.random.default_rng(7)
+    weight, other = (rng.standard_normal((64, 256)).astype(np.float32) for _ in range(2))
+    first = quantized.kept_quantize(weight, "q6_k", known_as="ckpt:1/faithful/w")
+    assert np.array_equal(first, quantized.quantize(weight, "q6_k"))
+    assert np.array_equal(
+        quantized.kept_quantize(other, "q6_k", known_as="ckpt:1/faithful/w"), first
+    )
+    renamed = quantized.kept_quantize(other, "q6_k", known_as="ckpt:2/faithful/w")
+    assert np.array_equal(renamed, quantized.quantize(other, "q6_k"))
+    for kept in (tmp_path / "max-whisper" / "quantized").glob("*.npy"):
+        kept.unlink()
+    again = quantized.kept_quantize(other, "q6_k", known_as="ckpt:1/faithful/w")
+    assert np.array_equal(again, quantized.quantize(other, "q6_k"))
+
+
 def test_modes_parse_and_name_graphs(engine, load_checkpoint):
     assert WeightsMode.parse("q4_0") == WeightsMode("q4_0") == WeightsMode("q4_0", "q4_0")
     assert WeightsMode.parse("float16:logits") == WeightsMode("float16", linear="float32")

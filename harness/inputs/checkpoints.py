@@ -58,6 +58,13 @@ class Checkpoint:
         return sha256(self.path)
 
     @cached_property
+    def identity(self) -> str:
+        """The file's path, size and modification time: what stands for its values in caches
+        that a first transcript must hit without hashing them (as make and ccache judge a file)."""
+        stat = self.path.stat()
+        return f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+    @cached_property
     def model(self) -> Whisper:
         try:
             model = whisper.load_model(str(self.path), device="cpu")

@@ -44,9 +44,13 @@ class BoundGraphs:
         engine: Engine,
         variant: Variant = FAITHFUL,
         weights: WeightsMode | str = FLOAT32,
+        checkpoint_id: str | None = None,
     ) -> None:
+        """``checkpoint_id``: ``Checkpoint.identity`` where ``state_dict`` is that checkpoint's,
+        unchanged; quantised weights kept on disk are then found without hashing them."""
         self.dims, self.engine, self.variant = dims, engine, variant
         self.state_dict = fault_remapped(state_dict, variant, dims)
+        self.state_id = f"{checkpoint_id}/{self.variant_tag}" if checkpoint_id else None
         self.weights_mode = WeightsMode.parse(weights)  # read by the graph kinds that support it
         self._models: dict[str, Model] = {}
 

@@ -40,6 +40,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -209,15 +210,18 @@ def _qmatmul(
     return y if rows == n_out else ops.slice_tensor(y, [slice(None), slice(0, n_out)])
 
 
-def layout(tensor: torch.Tensor, encoding: str) -> torch.Tensor:
-    """The stored form of an (n_out, n_in) float matrix in ``encoding`` (see ``project``)."""
+def layout(tensor: torch.Tensor, encoding: str, known_as: str | None = None) -> torch.Tensor:
+    """The stored form of an (n_out, n_in) float matrix in ``encoding`` (see ``project``);
+    ``known_as``: see ``kept_quantize``."""
     if encoding in HALF:
         return tensor.to(TORCH_HALF[encoding]).contiguous()
     w = tensor.detach().to(torch.float32).numpy()
-    return torch.from_numpy(kept_quantize(w, encoding, padded_rows(w.shape[0])))
+    return torch.from_numpy(kept_quantize(w, encoding, padded_rows(w.shape[0]), known_as))
 
 
-def kept_quantize(weight: np.ndarray, encoding: str, rows: int | None = None) -> np.ndarray:
+def kept_quantize(
+    weight: np.ndarray, encoding: str, rows: int | None = None, known_as: str | None = None
+) -> np.ndarray:
     """``quantize`` (after zero rows up to ``rows``), its result kept on disk by the weight's
     bytes and this file's code. A ``RESIDUAL`` encoding's weight is its second part: what the
     first part leaves of the weight, packed in the second encoding (the first is kept as the
@@ -226,25 +230,54 @@ def kept_quantize(weight: np.ndarray, encoding: str, rows: int | None = None) ->
     q6_k's scale search takes ~6 s on tiny.en's token embedding; a new process (one
     ``harness transcribe`` per clip) would otherwise pay it every time. Base in q6_k is ~40 MB.
     A hit costs the hash of the float32 weight (sha256, the fastest here: tiny.en's 80 MB
-    embedding in 54 ms, blake2b 86), and the padding is copied only to quantise.
+    embedding in 54 ms, blake2b 86), unless ``known_as`` names where the weight came from (its
+    checkpoint file's identity, variant and entry): the file that name found last time is read
+    without hashing (tiny.en's q6_k_top decoder: 0.10 s of a first transcript).
     """
-    weight = np.ascontiguousarray(weight, dtype=np.float32)
     rows = weight.shape[0] if rows is None else rows
-    key = hashlib.sha256(Path(__file__).read_bytes())
-    key.update(f"{encoding}{weight.shape}{rows}".encode())
-    key.update(weight.data)
-    path = cache_dir() / "max-whisper" / "quantized" / f"{encoding}-{key.hexdigest()[:24]}.npy"
+    code = hashlib.sha256(Path(__file__).read_bytes())
+    code.update(f"{encoding}{weight.shape}{rows}".encode())
+    store = cache_dir() / "max-whisper" / "quantized"
+    memo = None
+    if known_as is not None:
+        named = code.copy()
+        named.update(known_as.encode())
+        memo = store / "known" / named.hexdigest()[:24]
+        if path := _remembered(memo):
+            return np.load(path)
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    code.update(weight.data)
+    path = store / f"{encoding}-{code.hexdigest()[:24]}.npy"
     if path.is_file():
         os.utime(path)  # recently used: kept longest
-        return np.load(path)
-    packed = quantize_padded(pad_rows(weight, rows), encoding)
+        packed = np.load(path)
+    else:
+        packed = quantize_padded(pad_rows(weight, rows), encoding)
+        _write_whole(path, lambda file: np.save(file, packed))
+        evict_least_recent(store.glob("*.npy"), KEPT_BYTES)
+    if memo is not None:
+        _write_whole(memo, lambda file: file.write(path.name.encode()))
+    return packed
+
+
+def _remembered(memo: Path) -> Path | None:
+    """The kept file a ``known_as`` memo names, if both are still there (marked used)."""
+    try:
+        path = memo.parent.parent / memo.read_text().strip()
+        os.utime(path)  # recently used: kept longest
+    except (OSError, ValueError):
+        return None
+    return path
+
+
+def _write_whole(path: Path, write: Callable[[Any], object]) -> None:
+    """``write`` to a file object, published at ``path`` whole or not at all, whoever else
+    writes it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")
     with partial.open("wb") as file:  # np.save on a path would append .npy to the name
-        np.save(file, packed)
-    os.replace(partial, path)  # whole or absent, whoever else writes it
-    evict_least_recent(path.parent.glob("*.npy"), KEPT_BYTES)
-    return packed
+        write(file)
+    os.replace(partial, path)
 
 
 def quantize_padded(weight: np.ndarray, encoding: str) -> np.ndarray:

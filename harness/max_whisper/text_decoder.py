@@ -180,7 +180,8 @@ class MaxTextDecoder(BoundGraphs):
         self, kind: str, prefix: str, declared: Mapping[str, Declared]
     ) -> dict[str, torch.Tensor]:
         """The registry for a graph of ``kind``, relative to ``prefix``, in the step's layout."""
-        return registry(self.state_dict, prefix, declared, self.dtype, kind in FEW_ROWS)
+        few_rows = kind in FEW_ROWS
+        return registry(self.state_dict, prefix, declared, self.dtype, few_rows, self.state_id)
 
     def shape(self, kind: str) -> str:
         d = self.dims

@@ -67,8 +67,10 @@ def registry(
     names: Iterable[str],
     dtype: torch.dtype,
     few_rows: bool = False,
+    state_id: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Weights for a graph that declared ``names`` relative to the module at ``prefix``.
+    ``state_id``: what stands for ``state_dict``'s values (``BoundGraphs.state_id``).
 
     Raises KeyError naming the missing entry: a graph must never run on a made-up weight.
     """
@@ -80,7 +82,8 @@ def registry(
             raise KeyError(f"checkpoint has no tensor {key!r}")
         if stored:  # always (n_out, n_in): the few_rows layout
             tensor = to_max_layout(key, state_dict[key], few_rows=True)
-            weights[name] = quantized.layout(tensor, stored.group(2))
+            known_as = f"{state_id}/{key}" if state_id else None
+            weights[name] = quantized.layout(tensor, stored.group(2), known_as)
         else:
             weights[name] = to_max_layout(key, state_dict[key], few_rows).to(dtype).contiguous()
     return weights

@@ -55,7 +55,8 @@ class MaxWhisper:
         state = checkpoint.state_dict()
         self.log_mel = MaxLogMel(self.dims.n_mels, engine, variant)
         self.audio_encoder = MaxAudioEncoder(self.dims, state, engine, variant)
-        self.text_decoder = MaxTextDecoder(self.dims, state, engine, variant, weights)
+        identity = checkpoint.identity
+        self.text_decoder = MaxTextDecoder(self.dims, state, engine, variant, weights, identity)
         self._loaded = False
 
     @property
