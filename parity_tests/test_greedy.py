@@ -138,6 +138,43 @@ def test_transcripts_through_both_loops_are_the_same(model, monkeypatch):
         assert ours["temperature"] == theirs["temperature"] == 0.0
 
 
+def test_a_transcription_encodes_its_first_window_before_decoding_asks(model, monkeypatch):
+    """``transcribing`` starts the first window's encoding as soon as MAX's log-mel is there,
+    on the encoder's thread, and the decoding task waits for that very encoding: one encoding
+    for the window, and the same transcript as without the head start."""
+    checkpoint, candidate = model
+    audio = load_audio(FIXTURES / "speech" / "librivox_0920.wav")  # 6 s: one window
+    started, awaited, threads = [], [], []
+    encoder, init, first = (
+        MaxWhisper.encoder,
+        MaxDecodingTask.__init__,
+        MaxWhisper._encode_first_window,
+    )
+
+    def encoding(self, mel):
+        threads.append(threading.current_thread().name)
+        return encoder(self, mel)
+
+    def building(self, model, options, encoding=None):
+        awaited.append(encoding)
+        init(self, model, options, encoding)
+
+    def head_start(self, *args):
+        first(self, *args)
+        started.append(self._first_window[1])
+
+    monkeypatch.setattr(MaxWhisper, "encoder", encoding)
+    monkeypatch.setattr(MaxDecodingTask, "__init__", building)
+    monkeypatch.setattr(MaxWhisper, "_encode_first_window", head_start)
+    ahead = transcribe(candidate, audio)
+    assert len(started) == 1 and awaited == started
+    assert len(threads) == 1 and threads[0].startswith("max-encoder")
+    monkeypatch.setattr(MaxWhisper, "_encode_first_window", lambda self, *args: None)
+    del awaited[:], threads[:]
+    assert transcribe(candidate, audio).tokens == ahead.tokens
+    assert len(awaited) == 1 and awaited[0] not in started and len(threads) == 1
+
+
 def test_encoder_runs_beside_task_setup_with_the_same_result(model, monkeypatch):
     """``MaxWhisper.decode`` starts the encoder on a thread of its own before openai-whisper
     builds the task (tokenizer, suppression list), and the task waits for it: same result as

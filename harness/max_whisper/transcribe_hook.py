@@ -27,17 +27,23 @@ TRANSCRIBE_MODULE = importlib.import_module("whisper.transcribe")
 
 
 @contextmanager
-def max_log_mel(mel: MaxLogMel) -> Iterator[None]:
-    """Within the context, ``whisper.transcribe(...)`` gets its mel from ``mel``."""
+def max_log_mel(
+    mel: MaxLogMel, computed: Callable[[np.ndarray, int], None] | None = None
+) -> Iterator[None]:
+    """Within the context, ``whisper.transcribe(...)`` gets its mel from ``mel``; ``computed``,
+    if given, is told each spectrogram and the padding it was asked with, before ``transcribe``
+    gets it."""
     original = TRANSCRIBE_MODULE.log_mel_spectrogram
-    TRANSCRIBE_MODULE.log_mel_spectrogram = _log_mel_spectrogram(mel)
+    TRANSCRIBE_MODULE.log_mel_spectrogram = _log_mel_spectrogram(mel, computed)
     try:
         yield
     finally:
         TRANSCRIBE_MODULE.log_mel_spectrogram = original
 
 
-def _log_mel_spectrogram(mel: MaxLogMel) -> Callable[..., torch.Tensor]:
+def _log_mel_spectrogram(
+    mel: MaxLogMel, computed: Callable[[np.ndarray, int], None] | None
+) -> Callable[..., torch.Tensor]:
     """A stand-in with ``whisper.audio.log_mel_spectrogram``'s signature and return type."""
 
     def log_mel_spectrogram(
@@ -52,7 +58,10 @@ def _log_mel_spectrogram(mel: MaxLogMel) -> Callable[..., torch.Tensor]:
             audio = load_audio(audio)
         elif isinstance(audio, torch.Tensor):
             audio = audio.detach().cpu().numpy()
-        spectrogram = torch.from_numpy(mel(audio, padding=padding))
-        return spectrogram if device is None else spectrogram.to(device)
+        spectrogram = mel(audio, padding=padding)
+        if computed:
+            computed(spectrogram, padding)
+        as_torch = torch.from_numpy(spectrogram)
+        return as_torch if device is None else as_torch.to(device)
 
     return log_mel_spectrogram

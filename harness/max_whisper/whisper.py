@@ -10,6 +10,7 @@ and every one of those calls is served by MAX graphs.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from whisper.audio import N_FRAMES, N_SAMPLES
 from whisper.decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
 from whisper.model import ModelDimensions
 
@@ -58,6 +60,8 @@ class MaxWhisper:
         identity = checkpoint.identity
         self.text_decoder = MaxTextDecoder(self.dims, state, engine, variant, weights, identity)
         self._loaded = False
+        self._first_window: tuple[np.ndarray, Future[torch.Tensor]] | None = None
+        self._encoding = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -90,17 +94,39 @@ class MaxWhisper:
     @contextlib.contextmanager
     def transcribing(self) -> Iterator[None]:
         """What ``pipeline.transcribe`` runs openai-whisper's ``transcribe`` in: every graph
-        loaded, and the log-mel computed by MAX's."""
+        loaded, the log-mel computed by MAX's, and the first window encoded as soon as its mel
+        is there (``_encode_first_window``)."""
         self.load()
-        with max_log_mel(self.log_mel):
-            yield
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="max-encoder") as pool,
+            max_log_mel(self.log_mel, partial(self._encode_first_window, pool)),
+        ):
+            try:
+                yield
+            finally:
+                self._first_window = None
+
+    def _encode_first_window(self, pool: ThreadPoolExecutor, mel: np.ndarray, padding: int) -> None:
+        """Start encoding the window ``transcribe`` decodes first, while it loads its tokenizer
+        (~0.06 s of Python the first time in a process): the first 30 s of a mel asked for with
+        30 s of padding past the audio, zero-padded as ``pad_or_trim`` pads it. ``decode`` takes
+        the result only for exactly that window (``_encoding_ahead``)."""
+        if padding != N_SAMPLES:
+            return
+        content = min(mel.shape[-1] - N_FRAMES, N_FRAMES)
+        window = np.zeros((1, mel.shape[0], N_FRAMES), dtype=np.float32)
+        window[0, :, :content] = mel[:, :content]
+        self._first_window = (window, pool.submit(self.encoder, torch.from_numpy(window)))
 
     def log_mel_spectrogram(self, audio: np.ndarray) -> torch.Tensor:
         """(n_mels, frames) of ``audio`` by MAX's log-mel graph (``pipeline.log_mel``)."""
         return torch.from_numpy(self.log_mel(audio))
 
     def encoder(self, mel: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.audio_encoder(mel.float().numpy()))
+        """One encoding at a time: language identification may ask while the first window's
+        encoding is under way (``_encode_first_window``)."""
+        with self._encoding:
+            return torch.from_numpy(self.audio_encoder(mel.float().numpy()))
 
     def logits(self, tokens: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         """Whole-sequence logits, uncached: what ``detect_language`` asks of the model."""
@@ -127,14 +153,19 @@ class MaxWhisper:
     def _encoding_ahead(
         self, mel: torch.Tensor, options: DecodingOptions
     ) -> Iterator[Future[torch.Tensor] | None]:
-        """The encoder started on a thread of its own while openai-whisper builds the decoding
-        task: its tokenizer and suppression list are ~0.15 s of Python the first time in a
-        process, and MAX's encoder runs outside the GIL. Tiny.en's encoder and that setup took
+        """The encoder started on a thread of its own (for a transcription's first window,
+        earlier still: ``_encode_first_window``) while openai-whisper builds the decoding task:
+        its tokenizer and suppression list are ~0.15 s of Python the first time in a process,
+        and MAX's encoder runs outside the GIL. Tiny.en's encoder and that setup took
         0.49 s one after the other, 0.37-0.40 together. None where the task would not encode
         (features given, or float16 asked for, which this float32 encoder does not serve)."""
         d = self.dims
         if options.fp16 or mel.shape[-2:] == (d.n_audio_ctx, d.n_audio_state):
             yield None
+            return
+        first, self._first_window = self._first_window, None
+        if first and np.array_equal(first[0], mel.numpy()):
+            yield first[1]
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="max-encoder") as pool:
             yield pool.submit(self.encoder, mel)  # leaving waits for it, on error too
