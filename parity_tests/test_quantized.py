@@ -177,6 +177,11 @@ def test_a_weight_known_by_name_is_read_back_without_its_bytes(tmp_path, monkeyp
         kept.unlink()
     again = quantized.kept_quantize(other, "q6_k", known_as="ckpt:1/faithful/w")
     assert np.array_equal(again, quantized.quantize(other, "q6_k"))
+    # memos beyond their byte limit go too, least recently used first
+    memos = tmp_path / "max-whisper" / "quantized" / "known"
+    monkeypatch.setattr(quantized, "KNOWN_BYTES", next(memos.iterdir()).stat().st_size)
+    quantized.kept_quantize(weight, "q6_k", known_as="ckpt:3/faithful/w")
+    assert len(list(memos.iterdir())) == 1
 
 
 def test_modes_parse_and_name_graphs(engine, load_checkpoint):

@@ -65,6 +65,7 @@ RESIDUAL = {"q6_k_r": ("q6_k", "q4_0")}
 MODES = ("float32", *HALF, *ENCODINGS, *RESIDUAL)
 ROWS = 32  # MAX's q4_0/q4_k/q6_k kernels need a multiple of 32 output rows
 KEPT_BYTES = 1 << 30  # quantised weights kept on disk, least recently used dropped beyond
+KNOWN_BYTES = 1 << 16  # ~2,000 memos of ``known_as`` names (33 bytes each), the same way
 # A logits encoding spelled with this suffix (``q6_k_top``) has its best candidates computed
 # again from the float32 embedding (``decoder.rescore_best``): rounding moves the logits of the
 # tokens that carry the probability, and only those matter much to the distribution.
@@ -242,7 +243,7 @@ def kept_quantize(
     if known_as is not None:
         named = code.copy()
         named.update(known_as.encode())
-        memo = store / "known" / named.hexdigest()[:24]
+        memo = store / "known" / f"{named.hexdigest()[:24]}.known"
         if path := _remembered(memo):
             return np.load(path)
     weight = np.ascontiguousarray(weight, dtype=np.float32)
@@ -257,6 +258,7 @@ def kept_quantize(
         evict_least_recent(store.glob("*.npy"), KEPT_BYTES)
     if memo is not None:
         _write_whole(memo, lambda file: file.write(path.name.encode()))
+        evict_least_recent(memo.parent.glob("*.known"), KNOWN_BYTES)
     return packed
 
 
@@ -265,6 +267,7 @@ def _remembered(memo: Path) -> Path | None:
     try:
         path = memo.parent.parent / memo.read_text().strip()
         os.utime(path)  # recently used: kept longest
+        os.utime(memo)
     except (OSError, ValueError):
         return None
     return path
