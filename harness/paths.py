@@ -25,3 +25,15 @@ def evict_least_recent(files: Iterable[Path], limit: int) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def write_text_whole(path: Path, text: str) -> None:
+    """Write ``path`` whole (a reader never sees half of it), or not at all: for cache files
+    whose loss only costs work done again (a compile, a hash), so a failure is not an error."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)

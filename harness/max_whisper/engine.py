@@ -51,7 +51,7 @@ from max.graph import DeviceRef, Graph, Module
 
 from harness.errors import HarnessError
 from harness.max_whisper.layers import Declared, declared_weights
-from harness.paths import cache_dir, evict_least_recent
+from harness.paths import cache_dir, evict_least_recent, write_text_whole
 
 TORCH_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16}
 DTYPES = {"float32": DType.float32, "bfloat16": DType.bfloat16}
@@ -198,7 +198,7 @@ class Engine:
             if spec.name not in self.units:
                 self._alias(spec.name, *self._by_digest[digests[spec.name]])
         if (path := self._digests_path(todo)) and not path.is_file():
-            _write_text(path, json.dumps(digests))
+            write_text_whole(path, json.dumps(digests))
 
     def _digests_path(self, specs: list[GraphSpec]) -> Path | None:
         """Where the MLIR digests of the graphs of ``specs`` are written down, beside the unit
@@ -327,7 +327,7 @@ class Engine:
             self._write(compiled, record, path)
             for graph in record.values():
                 if index := self._digest_index(graph["digest"]):
-                    _write_text(index, path.name)
+                    write_text_whole(index, path.name)
 
     def _add_unit(self, compiled: CompiledModel, record: dict[str, dict]) -> None:
         """Register a unit compiled, or read by its recipes, for these very graphs."""
@@ -434,16 +434,6 @@ def _runtime_names(unit: Unit, runtime: list[str]) -> dict[str, str]:
     if len(runtime) != len(unit.kinds):
         raise HarnessError(f"MAX returned {len(runtime)} models for a unit of {len(unit.kinds)}")
     return dict(zip(unit.kinds, runtime, strict=True))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write ``path`` whole (a reader never sees half of it); a failure only costs a compile."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
 
 
 def _record(declared: Mapping[str, Declared]) -> dict[str, list]:

@@ -40,7 +40,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +47,7 @@ from max.dtype import DType
 from max.graph import TensorValue, Weight, ops
 from max.graph.quantization import QuantizationEncoding
 
-from harness.paths import cache_dir, evict_least_recent
+from harness.paths import cache_dir, evict_least_recent, write_text_whole
 
 ENCODINGS = {
     "q4_0": QuantizationEncoding.Q4_0,
@@ -236,28 +235,32 @@ def kept_quantize(
     without hashing (tiny.en's q6_k_top decoder: 0.10 s of a first transcript).
     """
     rows = weight.shape[0] if rows is None else rows
-    code = hashlib.sha256(Path(__file__).read_bytes())
-    code.update(f"{encoding}{weight.shape}{rows}".encode())
+    key = hashlib.sha256(Path(__file__).read_bytes())
+    key.update(f"{encoding}{weight.shape}{rows}".encode())
     store = cache_dir() / "max-whisper" / "quantized"
     memo = None
     if known_as is not None:
-        named = code.copy()
+        named = key.copy()
         named.update(known_as.encode())
         memo = store / "known" / f"{named.hexdigest()[:24]}.known"
         if path := _remembered(memo):
             return np.load(path)
     weight = np.ascontiguousarray(weight, dtype=np.float32)
-    code.update(weight.data)
-    path = store / f"{encoding}-{code.hexdigest()[:24]}.npy"
+    key.update(weight.data)
+    path = store / f"{encoding}-{key.hexdigest()[:24]}.npy"
     if path.is_file():
         os.utime(path)  # recently used: kept longest
         packed = np.load(path)
     else:
         packed = quantize_padded(pad_rows(weight, rows), encoding)
-        _write_whole(path, lambda file: np.save(file, packed))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        with partial.open("wb") as file:  # np.save on a path would append .npy to the name
+            np.save(file, packed)
+        os.replace(partial, path)  # whole or absent, whoever else writes it
         evict_least_recent(store.glob("*.npy"), KEPT_BYTES)
     if memo is not None:
-        _write_whole(memo, lambda file: file.write(path.name.encode()))
+        write_text_whole(memo, path.name)
         evict_least_recent(memo.parent.glob("*.known"), KNOWN_BYTES)
     return packed
 
@@ -271,16 +274,6 @@ def _remembered(memo: Path) -> Path | None:
     except (OSError, ValueError):
         return None
     return path
-
-
-def _write_whole(path: Path, write: Callable[[Any], object]) -> None:
-    """``write`` to a file object, published at ``path`` whole or not at all, whoever else
-    writes it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    with partial.open("wb") as file:  # np.save on a path would append .npy to the name
-        write(file)
-    os.replace(partial, path)
 
 
 def quantize_padded(weight: np.ndarray, encoding: str) -> np.ndarray:
