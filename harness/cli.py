@@ -13,6 +13,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from harness.candidates import OURS
 from harness.compare import gate
 from harness.errors import HarnessError
@@ -20,8 +22,6 @@ from harness.inputs import checkpoints
 from harness.inputs.audio import load_audio
 from harness.lazy_import import lazy
 from harness.paths import REPORTS
-from harness.pipeline.batched import transcribe_batched
-from harness.pipeline.transcribe import transcribe
 from harness.progress import Progress
 
 # The report and fault machinery (pandas, matplotlib, the tracer): ~1 s that transcribe never uses
@@ -35,7 +35,11 @@ candidates = lazy("harness.candidates.registry")
 candidate_report = lazy("harness.candidates.document")
 # MAX and the MAX model: ~0.15 s of imports that ``transcribe --backend torch`` never uses
 max_engine = lazy("harness.max_whisper.engine")
+max_parts = lazy("harness.max_whisper.parts")
 max_model = lazy("harness.max_whisper.whisper")
+# openai-whisper's transcribe, and PyTorch: ~1 s, which MAX's transcription spends encoding
+pipeline = lazy("harness.pipeline.transcribe")
+batched = lazy("harness.pipeline.batched")
 
 # What a report measures beside MAX float32 without --weights. On pretrained weights, q6_k_top:
 # MAX's fastest decoding mode, whose drift is within CTranslate2 int8's on every measure (README,
@@ -234,7 +238,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     elif args.weights != "float32":
         raise HarnessError(f"--weights {args.weights}: MAX's decoding weights; use --backend max")
     audio = load_audio(args.audio)
-    checkpoint = checkpoints.load(args.model or checkpoints.DEFAULT_MODEL)
+    spec = args.model or checkpoints.DEFAULT_MODEL
     if args.backend == "max":
         progress = Progress()
         engine = max_engine.Engine(
@@ -243,18 +247,41 @@ def _transcribe(args: argparse.Namespace) -> int:
             on_compile=progress.compiling,
             on_load=lambda graph: progress(f"loading {graph} from the compiled-graph cache"),
         )
-        model = max_model.MaxWhisper(checkpoint, engine, weights=args.weights)
+        parts = _started(spec, engine, args.weights, audio, args.batch_size)
+    checkpoint = checkpoints.load(spec)  # imports openai-whisper and PyTorch
+    if args.backend == "max":
+        if parts and parts.identity != checkpoint.identity:
+            parts = None  # resolved to another file than last time: start again
+        model = max_model.MaxWhisper(checkpoint, engine, weights=args.weights, parts=parts)
     else:
         model = checkpoint.model
     if args.batch_size:
-        result = transcribe_batched(model, audio, args.language, args.batch_size)
+        result = batched.transcribe_batched(model, audio, args.language, args.batch_size)
     else:
-        result = transcribe(model, audio, language=args.language)
+        result = pipeline.transcribe(model, audio, language=args.language)
     if args.json:
         print(json.dumps(asdict(result), indent=1))
     else:
         print(result.text.strip())
     return 0
+
+
+def _started(
+    spec: str, engine: max_engine.Engine, weights: str, audio: np.ndarray, batch_size: int | None
+) -> max_parts.MaxParts | None:
+    """MAX's part of a transcription, begun before openai-whisper and PyTorch are imported:
+    on the checkpoint ``spec`` resolved to last time, if unchanged, its graphs are loaded, the
+    log-mel computed and the first window encoded on a thread of their own
+    (``MaxParts.start``), outside the GIL, while this thread imports them (~1 s here). None
+    for a checkpoint never resolved before, or for batched decoding, which asks for other
+    windows."""
+    remembered = checkpoints.remembered(spec)
+    if remembered is None:
+        return None
+    parts = max_parts.MaxParts(remembered, engine, weights=weights)
+    if not batch_size:
+        parts.start(audio)
+    return parts
 
 
 def _check_weights_mode(mode: str) -> None:

@@ -1,27 +1,34 @@
 """``lazy("module")``: a module imported on first use of one of its attributes.
 
-Python's ``importlib.util.LazyLoader`` recipe. ``python -m harness transcribe`` runs once per
-file, and what it does not use on that path (the report and fault machinery, MAX for
-``--backend torch``, PyAV for a WAV file) should cost it nothing.
+``python -m harness transcribe`` runs once per file, and what it does not use on that path (the
+report and fault machinery, MAX for ``--backend torch``, PyAV for a WAV file) should cost it
+nothing; MAX's path puts PyTorch's import off until its own work is under way (``cli``).
+
+A stand-in object, not importlib's ``LazyLoader``: that one puts a half-made module in
+``sys.modules``, and anything that walks ``sys.modules`` (``inspect.getmodule``, which importing
+PyTorch calls) then imports every such module at once, mid-import, in whatever order it meets
+them, which broke on circular imports between them.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from types import ModuleType
+import importlib
+from typing import Any
 
 
-def lazy(name: str) -> ModuleType:
-    """``import name``, executed when one of its attributes is first read."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    parent, _, child = name.rpartition(".")
-    if parent:  # as an import does: ``harness.report.build`` works
-        setattr(sys.modules[parent], child, module)
-    return module
+class LazyModule:
+    """Stands for module ``name``; reading an attribute imports it (once: Python keeps it)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self._name!r}>"
+
+
+def lazy(name: str) -> Any:
+    """``import name``, done when one of its attributes is first read."""
+    return LazyModule(name)

@@ -13,9 +13,10 @@ that baselines written before this table still compare.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from whisper.model import ModelDimensions
+if TYPE_CHECKING:
+    from harness.openai_whisper import ModelDimensions
 
 Side = Literal["encoder", "decoder"]
 

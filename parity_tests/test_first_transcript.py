@@ -14,23 +14,27 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
 import torch
+import whisper
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, Module, TensorType, ops
 from whisper.model import AudioEncoder, TextDecoder
 
+from harness import cli, openai_whisper
 from harness.errors import HarnessError
+from harness.inputs import checkpoints
 from harness.inputs.audio import load_audio
 from harness.inputs.synthetic import official_dims
 from harness.inputs.validation import expected_shapes
 from harness.max_whisper import engine as engine_module
 from harness.max_whisper.engine import Engine, GraphSpec, to_numpy
 from harness.max_whisper.layers import Declared, Scope
-from harness.max_whisper.mel import MaxLogMel
+from harness.max_whisper.mel import MaxLogMel, hann_window
+from harness.max_whisper.parts import MaxParts
 from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.max_whisper.variant import FAITHFUL, Variant
 from harness.paths import REPO
@@ -416,5 +420,76 @@ def test_a_unit_another_process_is_compiling_is_waited_for_and_read_not_compiled
 def test_zeros_for_a_graph_bound_but_not_run_are_the_declared_weight(tmp_path, dtype):
     """Made from calloc'd bytes (``Engine._zeros_like``), viewed as any dtype MAX declares."""
     zeros = Engine(store=tmp_path)._zeros_like(Declared((3, 5), dtype))
-    assert zeros.dtype == getattr(torch, dtype) and tuple(zeros.shape) == (3, 5)
+    assert str(zeros.dtype).removeprefix("torch.") == dtype and tuple(zeros.shape) == (3, 5)
     assert not zeros.any()
+
+
+def test_what_is_read_of_openai_whisper_without_importing_it_is_openai_whispers():
+    """``harness.openai_whisper`` and ``mel.hann_window`` stand in for openai-whisper's own
+    values on the MAX path, which imports neither openai-whisper nor PyTorch."""
+    for name in ("SAMPLE_RATE", "N_FFT", "HOP_LENGTH", "CHUNK_LENGTH", "N_SAMPLES", "N_FRAMES"):
+        assert getattr(openai_whisper, name) == getattr(whisper.audio, name), name
+    ours, theirs = fields(openai_whisper.ModelDimensions), fields(whisper.model.ModelDimensions)
+    assert [f.name for f in ours] == [f.name for f in theirs]
+    for n_mels in (80, 128):
+        expected = whisper.audio.mel_filters("cpu", n_mels).numpy()
+        assert np.array_equal(openai_whisper.mel_filters(n_mels), expected)
+    window = torch.hann_window(openai_whisper.N_FFT).numpy()
+    assert np.array_equal(hann_window(), window) and np.array_equal(hann_window(), window)
+
+
+def test_a_checkpoint_is_remembered_while_its_file_is_unchanged(
+    tmp_path, monkeypatch, load_checkpoint
+):
+    """``checkpoints.remembered``: what a spec resolved to last time, read without PyTorch, and
+    nothing once the file changed."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tmp_path / "model.pt"
+    shutil.copy(load_checkpoint("fixture:speech").path, path)
+    spec = str(path)
+    assert checkpoints.remembered(spec) is None
+    loaded = checkpoints.load(spec)
+    again = checkpoints.remembered(spec)
+    assert (again.path, again.identity, again.dims) == (loaded.path, loaded.identity, loaded.dims)
+    embedding = "decoder.token_embedding.weight"
+    assert isinstance(again.arrays()[embedding], np.ndarray)
+    assert np.array_equal(again.arrays()[embedding], loaded.state_dict()[embedding].numpy())
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert checkpoints.remembered(spec) is None
+
+
+def test_the_max_model_starts_a_transcription_without_pytorch(load_checkpoint):
+    """What ``harness.cli`` starts before importing PyTorch: the remembered checkpoint's graphs
+    bound, the log-mel and the first window's encoding, in a process where neither PyTorch nor
+    openai-whisper (nor numba, which it imports) is ever loaded."""
+    load_checkpoint("tiny.en")  # resolved once: remembered
+    code = (
+        "import sys\n"
+        "from harness.inputs import checkpoints\n"
+        "from harness.inputs.audio import load_audio\n"
+        "from harness.max_whisper.engine import Engine\n"
+        "from harness.max_whisper.parts import MaxParts\n"
+        "parts = MaxParts(checkpoints.remembered('tiny.en'), Engine())\n"
+        f"parts.start(load_audio('{SHORT}'))\n"
+        "features = parts.started.features.result()\n"
+        "heavy = ('torch', 'whisper', 'numba')\n"
+        "print(features.shape, [m for m in heavy if type(sys.modules.get(m)).__name__ == 'module'])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.stdout.strip() == "(1, 1500, 384) []", result.stderr
+
+
+def test_transcribe_starts_again_when_the_checkpoint_resolves_to_another_file(
+    load_checkpoint, monkeypatch, capsys
+):
+    """The CLI starts MAX on the file ``tiny.en`` resolved to last time; when resolving it now
+    gives another file, that start is dropped and the transcript is the new file's."""
+    expected = cli.pipeline.transcribe(load_checkpoint("tiny.en").model, load_audio(SHORT))
+    stale = load_checkpoint("fixture:speech")
+    started = []
+    monkeypatch.setattr(checkpoints, "remembered", lambda spec: stale)
+    monkeypatch.setattr(MaxParts, "start", lambda self, audio: started.append(self.identity))
+    assert cli.main(["transcribe", str(SHORT), "--model", "tiny.en", "--language", "en"]) == 0
+    assert started == [stale.identity]
+    assert capsys.readouterr().out.strip() == expected.text.strip()

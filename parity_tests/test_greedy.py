@@ -17,8 +17,11 @@ from whisper.decoding import DecodingOptions, DecodingTask, GreedyDecoder
 from harness.compare.transcripts import transcription_language
 from harness.inputs.audio import load_audio
 from harness.max_whisper.greedy import GreedyRules
+from harness.max_whisper.mel import MaxLogMel
+from harness.max_whisper.parts import MaxParts
 from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.max_whisper.whisper import MaxDecodingTask, MaxWhisper
+from harness.openai_whisper import N_SAMPLES
 from harness.paths import FIXTURES
 from harness.pipeline.transcribe import transcribe
 
@@ -138,41 +141,78 @@ def test_transcripts_through_both_loops_are_the_same(model, monkeypatch):
         assert ours["temperature"] == theirs["temperature"] == 0.0
 
 
+def spy_on_encodings(monkeypatch) -> list[str]:
+    """The name of the thread of each of MAX's encodings from now on."""
+    threads, encode = [], MaxParts.encode
+
+    def encoding(self, mel):
+        threads.append(threading.current_thread().name)
+        return encode(self, mel)
+
+    monkeypatch.setattr(MaxParts, "encode", encoding)
+    return threads
+
+
+def spy_on_tasks(monkeypatch) -> list:
+    """The encoding each decoding task is given, under way, from now on."""
+    given, init = [], MaxDecodingTask.__init__
+
+    def building(self, model, options, encoding=None):
+        given.append(encoding)
+        init(self, model, options, encoding)
+
+    monkeypatch.setattr(MaxDecodingTask, "__init__", building)
+    return given
+
+
 def test_a_transcription_encodes_its_first_window_before_decoding_asks(model, monkeypatch):
     """``transcribing`` starts the first window's encoding as soon as MAX's log-mel is there,
     on the encoder's thread, and the decoding task waits for that very encoding: one encoding
     for the window, and the same transcript as without the head start."""
     checkpoint, candidate = model
     audio = load_audio(FIXTURES / "speech" / "librivox_0920.wav")  # 6 s: one window
-    started, awaited, threads = [], [], []
-    encoder, init, first = (
-        MaxWhisper.encoder,
-        MaxDecodingTask.__init__,
-        MaxWhisper._encode_first_window,
-    )
-
-    def encoding(self, mel):
-        threads.append(threading.current_thread().name)
-        return encoder(self, mel)
-
-    def building(self, model, options, encoding=None):
-        awaited.append(encoding)
-        init(self, model, options, encoding)
+    threads, given = spy_on_encodings(monkeypatch), spy_on_tasks(monkeypatch)
+    started, transcription_mel = [], MaxWhisper._transcription_mel
 
     def head_start(self, *args):
-        first(self, *args)
+        mel = transcription_mel(self, *args)
         started.append(self._first_window[1])
+        return mel
 
-    monkeypatch.setattr(MaxWhisper, "encoder", encoding)
-    monkeypatch.setattr(MaxDecodingTask, "__init__", building)
-    monkeypatch.setattr(MaxWhisper, "_encode_first_window", head_start)
+    monkeypatch.setattr(MaxWhisper, "_transcription_mel", head_start)
     ahead = transcribe(candidate, audio)
-    assert len(started) == 1 and awaited == started
+    assert len(started) == 1 and given == started
     assert len(threads) == 1 and threads[0].startswith("max-encoder")
-    monkeypatch.setattr(MaxWhisper, "_encode_first_window", lambda self, *args: None)
-    del awaited[:], threads[:]
-    assert transcribe(candidate, audio).tokens == ahead.tokens
-    assert len(awaited) == 1 and awaited[0] not in started and len(threads) == 1
+    mel = candidate.log_mel(audio, padding=N_SAMPLES)
+    monkeypatch.setattr(MaxWhisper, "_transcription_mel", lambda self, pool, a, p: mel)
+    del given[:], threads[:]
+    assert transcribe(candidate, audio).tokens == ahead.tokens  # no head start: encoded in decode
+    assert len(given) == 1 and len(threads) == 1
+
+
+def test_a_transcription_started_before_pytorch_takes_its_mel_and_first_window(
+    model, engine, monkeypatch
+):
+    """``MaxParts.start`` (what ``harness.cli`` does before importing PyTorch) computes the
+    log-mel and encodes the first window on its own thread; the transcription then computes
+    neither again, and its transcript is the one without the head start."""
+    checkpoint, candidate = model
+    audio = load_audio(FIXTURES / "speech" / "librivox_0920.wav")
+    expected = transcribe(candidate, audio)
+    threads, given = spy_on_encodings(monkeypatch), spy_on_tasks(monkeypatch)
+    mels, log_mel = [], MaxLogMel.__call__
+    monkeypatch.setattr(MaxLogMel, "__call__", lambda *a, **k: mels.append(1) or log_mel(*a, **k))
+    parts = MaxParts(checkpoint, engine, weights=candidate.weights)
+    parts.start(audio)
+    started = parts.started
+    result = transcribe(MaxWhisper(checkpoint, engine, parts=parts), audio)
+    assert result.tokens == expected.tokens
+    assert len(mels) == 1 and len(threads) == 1 and threads[0].startswith("max-encoder")
+    assert given == [started.features] and parts.started is None
+    parts.start(audio[: len(audio) // 2])  # other audio: started, and not taken
+    other = parts.started
+    assert transcribe(MaxWhisper(checkpoint, engine, parts=parts), audio).tokens == result.tokens
+    assert given[-1] is not other.features and parts.started is None and len(mels) == 3
 
 
 def test_encoder_runs_beside_task_setup_with_the_same_result(model, monkeypatch):
@@ -181,25 +221,13 @@ def test_encoder_runs_beside_task_setup_with_the_same_result(model, monkeypatch)
     the encoder run inside the task. Features given, or float16 asked for: no early encoding."""
     checkpoint, candidate = model
     mel = candidate.log_mel_spectrogram(np.zeros(16000 * 30, np.float32))[None]
-    threads, built = [], []
-    encoder, init = MaxWhisper.encoder, MaxDecodingTask.__init__
-
-    def encoding(self, mel):
-        threads.append(threading.current_thread().name)
-        return encoder(self, mel)
-
-    def building(self, model, options, encoding=None):
-        built.append(encoding is not None)
-        init(self, model, options, encoding)
-
-    monkeypatch.setattr(MaxWhisper, "encoder", encoding)
-    monkeypatch.setattr(MaxDecodingTask, "__init__", building)
+    threads, given = spy_on_encodings(monkeypatch), spy_on_tasks(monkeypatch)
     options = DecodingOptions(fp16=False, language="en", without_timestamps=True)
     ahead = candidate.decode(mel, options)
-    assert len(threads) == 1 and threads[0].startswith("max-encoder") and built == [True]
+    assert len(threads) == 1 and threads[0].startswith("max-encoder") and given[0] is not None
     monkeypatch.setattr(MaxWhisper, "_encoding_ahead", lambda self, mel, options: nullcontext())
     inside = candidate.decode(mel, options)
-    assert threads[1] == threading.main_thread().name and built[1] is False
+    assert threads[1] == threading.main_thread().name and given[1] is None
     assert ahead[0].tokens == inside[0].tokens and ahead[0].avg_logprob == inside[0].avg_logprob
     features = candidate.encoder(mel)
     del threads[:]

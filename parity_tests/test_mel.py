@@ -134,7 +134,7 @@ def test_transcribe_computes_its_mel_through_max_only_inside_the_context() -> No
 
     original = TRANSCRIBE_MODULE.log_mel_spectrogram
     model = SimpleNamespace(device=torch.device("cpu"), dims=SimpleNamespace(n_mels=80))
-    with pytest.raises(Stop), max_log_mel(spy := SpyMel()):
+    with pytest.raises(Stop), max_log_mel(80, spy := SpyMel()):
         whisper.transcribe(model, np.zeros(16_000, dtype=np.float32), fp16=False)
     assert spy.paddings == [N_SAMPLES]
     assert TRANSCRIBE_MODULE.log_mel_spectrogram is original
@@ -142,7 +142,7 @@ def test_transcribe_computes_its_mel_through_max_only_inside_the_context() -> No
 
 def test_hook_returns_whispers_tensor_from_the_max_mel(mel80: MaxLogMel) -> None:
     audio = clip("short.wav")
-    with max_log_mel(mel80):
+    with max_log_mel(mel80.n_mels, mel80):
         hooked = TRANSCRIBE_MODULE.log_mel_spectrogram(str(AUDIO_DIR / "short.wav"), 80, N_SAMPLES)
         with pytest.raises(HarnessError, match="expects 128 mel bands"):
             TRANSCRIBE_MODULE.log_mel_spectrogram(audio, 128)

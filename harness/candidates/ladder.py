@@ -17,11 +17,11 @@ from dataclasses import replace
 import numpy as np
 import torch
 from max.graph import TensorType
-from whisper.model import ModelDimensions
 
 from harness.candidates.findings import CandidateFailure, Finding
 from harness.candidates.max_module import ModuleAdapter, ModuleCandidate
 from harness.max_whisper.engine import Engine
+from harness.openai_whisper import ModelDimensions
 
 
 def build_findings(

@@ -22,7 +22,6 @@ from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorType, TensorValue, ops
 from max.nn.layer import Module, add_layer_hook
 from max.nn.layer import layer as max_layer
-from whisper.model import ModelDimensions
 
 from harness.candidates.findings import (
     CandidateFailure,
@@ -36,6 +35,7 @@ from harness.candidates.findings import (
     where_assigned,
 )
 from harness.max_whisper.engine import Engine, to_numpy
+from harness.openai_whisper import ModelDimensions
 from harness.stages import Stage, encoder_stages
 
 

@@ -17,10 +17,10 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import torch
-from whisper.model import ModelDimensions
 
 from harness.candidates import OURS
 from harness.errors import HarnessError
+from harness.openai_whisper import ModelDimensions
 
 if TYPE_CHECKING:  # max.nn, imported on first use: it leaks PYTHONEXECUTABLE (child_process.py)
     from harness.candidates.max_module import ModuleAdapter

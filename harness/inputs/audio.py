@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from whisper.audio import SAMPLE_RATE
 
 from harness.errors import HarnessError
 from harness.lazy_import import lazy
+from harness.openai_whisper import SAMPLE_RATE
 
 av = lazy("av")  # ~0.12 s to import, for the formats soundfile does not read
 

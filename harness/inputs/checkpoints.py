@@ -14,22 +14,29 @@ OpenAI's file when that cannot be had) by ``ctranslate2_format``, converted here
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import torch
-import whisper
-from whisper.model import ModelDimensions, Whisper
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
-from harness.inputs import ctranslate2_format, pretrained
-from harness.inputs.synthetic import expanded_checkpoint, synthetic_checkpoint, write_checkpoint
+from harness.inputs import pretrained
 from harness.inputs.validation import sha256, validate
-from harness.paths import REPO, cache_dir
+from harness.lazy_import import lazy
+from harness.openai_whisper import ModelDimensions
+from harness.paths import REPO, cache_dir, write_text_whole
+
+if TYPE_CHECKING:
+    from whisper.model import Whisper
+
+# openai-whisper and what converts to its format import PyTorch (~1 s): a checkpoint resolved
+# before (``remembered``) is read without them, which a transcription on MAX puts to use.
+whisper = lazy("whisper")
+ctranslate2_format = lazy("harness.inputs.ctranslate2_format")
+synthetic = lazy("harness.inputs.synthetic")
 
 DEFAULT_MODEL = "tiny.en"  # what every command loads without --model
 FIXTURE_MODELS = {"speech": REPO / "fixtures" / "models" / "speech.compact.pt"}
@@ -50,7 +57,7 @@ class Checkpoint:
     weights: str  # "pretrained" | "synthetic" | "fixture"
     path: Path
     dims: ModelDimensions
-    stored: dict[str, torch.Tensor] = field(repr=False)  # the state dict as the file stores it
+    stored: dict[str, Any] = field(repr=False)  # the state dict as stored: NumPy arrays, mostly
     source: dict[str, Any] = field(default_factory=dict)  # where converted weights came from
 
     @cached_property
@@ -72,32 +79,86 @@ class Checkpoint:
             raise HarnessError(f"{self.path}: openai-whisper could not load it: {error}") from None
         return model.eval()
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights in float32, equal to ``model.state_dict()``, without building the model
-        (``validate`` checked that the file holds exactly the model's keys and shapes)."""
+    def state_dict(self) -> dict[str, Any]:
+        """The weights as float32 torch tensors, equal to ``model.state_dict()``, without
+        building the model (``validate`` checked that the file holds exactly the model's keys
+        and shapes)."""
         if "model" in self.__dict__:
             return self.model.state_dict()
-        return {name: tensor.float() for name, tensor in self.stored.items()}
+        import torch  # noqa: PLC0415 - the MAX model reads ``arrays``, and never imports it
+
+        return {name: torch.as_tensor(array).float() for name, array in self.arrays().items()}
+
+    def arrays(self) -> dict[str, Any]:
+        """The weights as stored, float16 or float32, NumPy arrays where the file is read
+        without PyTorch (``validate``): what the MAX model binds (``MaxParts``), converting
+        each to its graph's dtype as it binds it."""
+        return self.stored
 
     @property
     def is_multilingual(self) -> bool:
-        return Whisper.is_multilingual.fget(self)  # openai-whisper's rule, read off our dims
+        return whisper.model.Whisper.is_multilingual.fget(self)  # openai-whisper's rule
 
     @property
     def num_languages(self) -> int:
-        return Whisper.num_languages.fget(self)
+        return whisper.model.Whisper.num_languages.fget(self)
 
 
 def load(spec: str) -> Checkpoint:
     """Load ``spec``: ``synthetic:<name>``, ``fixture:<name>``, a file path, or a model name."""
+    checkpoint = _resolve(spec)
+    _remember(spec, checkpoint)
+    return checkpoint
+
+
+def remembered(spec: str) -> Checkpoint | None:
+    """The checkpoint ``spec`` was resolved to last time, if its file is unchanged since (by
+    ``identity``), read without importing openai-whisper or PyTorch; None if there is none.
+    A guess, to start work early on: resolving again (``load``) may find another file (OpenAI's
+    own appeared in openai-whisper's cache, say), and only ``load`` is the answer."""
+    try:
+        record = json.loads(_memo(spec).read_text())
+        path = Path(record["path"])
+        checkpoint = _load_file(path, record["name"], record["weights"])
+    except (OSError, ValueError, KeyError, TypeError, HarnessError):
+        return None
+    if checkpoint.identity != record["identity"]:
+        return None
+    return replace(checkpoint, source=record["source"])
+
+
+def _memo(spec: str) -> Path:
+    key = hashlib.sha256(spec.encode()).hexdigest()[:24]
+    return cache_dir() / "max-whisper" / "resolved" / f"{key}.json"
+
+
+def _remember(spec: str, checkpoint: Checkpoint) -> None:
+    """Write down what ``spec`` resolved to, for ``remembered``, when that changed."""
+    record = {
+        "path": str(checkpoint.path),
+        "name": checkpoint.name,
+        "weights": checkpoint.weights,
+        "source": checkpoint.source,
+        "identity": checkpoint.identity,
+    }
+    text = json.dumps(record, sort_keys=True)
+    try:
+        unchanged = _memo(spec).read_text() == text
+    except OSError:
+        unchanged = False
+    if not unchanged:
+        write_text_whole(_memo(spec), text)
+
+
+def _resolve(spec: str) -> Checkpoint:
     kind, _, name = spec.partition(":")
     if kind == "synthetic" and name:
-        return _load_file(synthetic_checkpoint(name), spec, "synthetic")
+        return _load_file(synthetic.synthetic_checkpoint(name), spec, "synthetic")
     if kind == "fixture" and name:
         if name not in FIXTURE_MODELS:
             known = ", ".join(FIXTURE_MODELS)
             raise HarnessError(f"unknown fixture model {name!r}; known: {known}")
-        return _load_file(expanded_checkpoint(FIXTURE_MODELS[name]), spec, "fixture")
+        return _load_file(synthetic.expanded_checkpoint(FIXTURE_MODELS[name]), spec, "fixture")
     if spec in whisper.available_models():
         return _load_named(spec)
     path = Path(spec).expanduser()
@@ -151,7 +212,7 @@ def _load_ctranslate2(
         parsed = ctranslate2_format.read(model_bin, data or read())  # views into the bytes
     if not path.is_file():
         converted = ctranslate2_format.to_whisper_checkpoint(parsed)
-        write_checkpoint(path, converted["dims"], converted["model_state_dict"])
+        synthetic.write_checkpoint(path, converted["dims"], converted["model_state_dict"])
     if source is None:
         source = {"format": "ctranslate2", "dtype": parsed.dtype, "files": [str(model_bin)]}
         source["sha256"] = digest

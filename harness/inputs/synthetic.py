@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 import whisper
-from whisper.model import ModelDimensions, Whisper
+from whisper.model import Whisper
 
 from harness.errors import HarnessError
 from harness.inputs.validation import sha256
+from harness.openai_whisper import ModelDimensions
 from harness.paths import cache_dir
 
 EMBEDDING = "decoder.token_embedding.weight"

@@ -10,23 +10,26 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-
-import torch
-from whisper.model import ModelDimensions
+from typing import Any
 
 from harness.errors import HarnessError
+from harness.inputs import torch_archive
+from harness.openai_whisper import ModelDimensions
 
 
-def validate(path: Path) -> tuple[ModelDimensions, dict[str, torch.Tensor]]:
+def validate(path: Path) -> tuple[ModelDimensions, dict[str, Any]]:
     """Fail with one line if ``path`` is not a complete openai-whisper checkpoint; else its dims
-    and state dict as stored (memory-mapped: nothing is read until a tensor is used)."""
+    and state dict as stored (memory-mapped: nothing is read until a tensor is used), as NumPy
+    arrays where ``torch_archive`` reads the file (every file ``torch.save`` writes in
+    float32 or float16), else as torch tensors."""
     if not path.is_file():
         raise HarnessError(f"{path}: checkpoint file not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise HarnessError(f"{path}: not a readable checkpoint ({reason})") from None
+        checkpoint = torch_archive.read(path)
+    except torch_archive.UnreadableArchive:
+        checkpoint = _torch_load(path)
+    except OSError as error:
+        raise HarnessError(f"{path}: cannot read ({error.strerror})") from None
     if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= checkpoint.keys():
         raise HarnessError(
             f"{path}: not an openai-whisper checkpoint (needs dims, model_state_dict)"
@@ -42,7 +45,7 @@ def validate(path: Path) -> tuple[ModelDimensions, dict[str, torch.Tensor]]:
     problems += [
         f"{k} has shape {tuple(found[k].shape)}, expected {tuple(shape)}"
         for k, shape in expected.items()
-        if k in found and found[k].shape != shape
+        if k in found and tuple(found[k].shape) != shape
     ]
     if problems:
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
@@ -50,7 +53,18 @@ def validate(path: Path) -> tuple[ModelDimensions, dict[str, torch.Tensor]]:
     return dims, found
 
 
-def expected_shapes(dims: ModelDimensions) -> dict[str, torch.Size]:
+def _torch_load(path: Path) -> Any:
+    """What ``torch_archive`` does not read (bfloat16, torch's legacy format), or a bad file."""
+    import torch  # noqa: PLC0415 - ~1 s that a file torch_archive reads never costs
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise HarnessError(f"{path}: not a readable checkpoint ({reason})") from None
+
+
+def expected_shapes(dims: ModelDimensions) -> dict[str, tuple[int, ...]]:
     """The state-dict shapes of ``Whisper(dims)``, in its order, from the dims alone.
 
     Spelled out rather than read off modules built on the meta device: building them there
@@ -69,7 +83,7 @@ def expected_shapes(dims: ModelDimensions) -> dict[str, torch.Size]:
     for i in range(dims.n_text_layer):
         shapes |= _block(f"decoder.blocks.{i}.", dims.n_text_state, cross=True)
     shapes |= _layer("decoder.ln", dims.n_text_state)
-    return {name: torch.Size(shape) for name, shape in shapes.items()}
+    return shapes
 
 
 def _layer(name: str, n_out: int, *n_in: int, bias: bool = True) -> dict[str, tuple[int, ...]]:

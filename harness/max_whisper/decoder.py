@@ -22,10 +22,10 @@ even with the transpose stored, and the logits are the largest matmul of a decod
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from max.dtype import DType
 from max.graph import BufferValue, DeviceRef, Dim, TensorValue, Weight, ops
-from whisper.model import ModelDimensions
 
 from harness.max_whisper import quantized
 from harness.max_whisper.layers import (
@@ -39,6 +39,9 @@ from harness.max_whisper.layers import (
     project_qkv,
     split_heads,
 )
+
+if TYPE_CHECKING:
+    from harness.openai_whisper import ModelDimensions
 
 SelfAttention = Callable[[Scope, TensorValue], TensorValue]
 CANDIDATES, GROUP = 8, 32  # rescore_best: the best 8 groups of 32 tokens, 256 in all

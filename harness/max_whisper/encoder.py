@@ -9,9 +9,9 @@ relative to the block, so that one compiled block graph serves every block.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from max.graph import Graph, TensorValue, ops
-from whisper.model import ModelDimensions
 
 from harness.max_whisper.layers import (
     Scope,
@@ -24,6 +24,9 @@ from harness.max_whisper.layers import (
     mlp,
     project_qkv,
 )
+
+if TYPE_CHECKING:
+    from harness.openai_whisper import ModelDimensions
 
 
 def conv1d(scope: Scope, x: TensorValue, n_in: int, n_out: int, stride: int, padding: int):

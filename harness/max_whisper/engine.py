@@ -29,7 +29,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import math
 import os
 import platform
 import re
@@ -42,7 +41,6 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-import torch
 from max.driver import CPU, Accelerator, Buffer, accelerator_architecture_name, accelerator_count
 from max.dtype import DType
 from max.engine import CompiledModel, InferenceSession, Model, read
@@ -50,10 +48,10 @@ from max.engine import __version__ as MAX_VERSION
 from max.graph import DeviceRef, Graph, Module
 
 from harness.errors import HarnessError
+from harness.max_whisper.host_arrays import HostArray, host_array
 from harness.max_whisper.layers import Declared, declared_weights
 from harness.paths import cache_dir, evict_least_recent, write_text_whole
 
-TORCH_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16}
 DTYPES = {"float32": DType.float32, "bfloat16": DType.bfloat16}
 # A compile that has not finished after this long is a real one: a hit in MAX's own cache took
 # 1.7-4.8 s here (two busy cores), a real compile 40 s or more.
@@ -113,7 +111,7 @@ class Engine:
     units: dict[str, Unit] = field(default_factory=dict, init=False)  # by graph name
     aliases: dict[str, str] = field(default_factory=dict, init=False)  # to a graph of the same MLIR
     _by_digest: dict[str, tuple[Unit, str]] = field(default_factory=dict, init=False)
-    _zeros: dict[Declared, torch.Tensor] = field(default_factory=dict, init=False)
+    _zeros: dict[Declared, HostArray] = field(default_factory=dict, init=False)
     on_compile: Callable[[str], None] | None = None
     on_load: Callable[[str], None] | None = None
     store: Path | None = field(default_factory=compiled_store)
@@ -129,10 +127,6 @@ class Engine:
     @property
     def device_ref(self) -> DeviceRef:
         return DeviceRef.GPU() if self.device == "gpu" else DeviceRef.CPU()
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return TORCH_DTYPES[self.dtype]
 
     def compile(
         self, build: Callable[[], Graph], name: str, recipe: str | None = None
@@ -168,7 +162,7 @@ class Engine:
         self.compile_seconds[name] = time.perf_counter() - start
         return compiled
 
-    def init(self, compiled: CompiledModel, weights: Mapping[str, torch.Tensor]) -> Model:
+    def init(self, compiled: CompiledModel, weights: Mapping[str, HostArray]) -> Model:
         return self.session.init(compiled, weights_registry=dict(weights))
 
     def compile_together(self, specs: Iterable[GraphSpec]) -> None:
@@ -219,11 +213,11 @@ class Engine:
         names = {spec.name for spec in specs}
         return digests if isinstance(digests, dict) and set(digests) == names else None
 
-    def bind(self, name: str, weights: Mapping[str, torch.Tensor]) -> Model:
+    def bind(self, name: str, weights: Mapping[str, HostArray]) -> Model:
         """Graph ``name`` (``compile_together``) with ``weights`` by the names it declared."""
         return self.bind_many({name: weights})[name]
 
-    def bind_many(self, requests: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, Model]:
+    def bind_many(self, requests: Mapping[str, Mapping[str, HostArray]]) -> dict[str, Model]:
         """Graphs by name with their weights, one ``init_all`` per unit for all of them.
 
         MAX initialises a module's graphs together and refuses a registry that lacks a weight of
@@ -341,24 +335,26 @@ class Engine:
         name = specs[0].name if len(specs) == 1 else f"{specs[0].name}+{len(specs) - 1}"
         return self._store_path(json.dumps([s.recipe for s in specs]), name)
 
-    def _zeros_like(self, declared: Declared) -> torch.Tensor:
+    def _zeros_like(self, declared: Declared) -> HostArray:
         """Zeros for a weight of a graph bound but never run. NumPy's come from calloc, whose
         pages the OS maps on first touch, and MAX does not touch them; ``torch.zeros`` wrote
         every byte. Loading tiny.en's q6_k_top transcription, bound through three stored units
         with 189 weights of graphs it does not run: 0.35-0.40 s against 0.30-0.33 (quiet, 3
         runs each), 120 MB less resident, and 0.26 s saved beside a busy core."""
         if declared not in self._zeros:
-            dtype = getattr(torch, declared.dtype)
-            size = math.prod(declared.shape) * dtype.itemsize
-            zeros = torch.from_numpy(np.zeros(size, np.uint8)).view(dtype)
-            self._zeros[declared] = zeros.reshape(declared.shape)
+            dtype = DType[declared.dtype]
+            if dtype == DType.bfloat16:  # bfloat16's zeros are float32's, rounded
+                self._zeros[declared] = host_array(np.zeros(declared.shape, np.float32), dtype)
+            else:
+                self._zeros[declared] = np.zeros(declared.shape, dtype.to_numpy())
         return self._zeros[declared]
 
-    def to_device(self, array: np.ndarray | torch.Tensor) -> Buffer:
+    def to_device(self, array: np.ndarray | HostArray) -> Buffer:
         """A buffer on the engine's device; on the CPU a view of ``array`` where it is contiguous.
 
-        NumPy arrays are wrapped as they are, not through a torch tensor: in a decoding step's
-        loop the two small inputs took 0.42 ms that way and 0.13 ms directly (tiny.en, 2 cores).
+        NumPy arrays are wrapped as they are, not through DLPack: in a decoding step's loop the
+        two small inputs took 0.42 ms as torch tensors and 0.13 ms as NumPy arrays (tiny.en, 2
+        cores).
         """
         if isinstance(array, np.ndarray):
             buffer = Buffer.from_numpy(array)

@@ -15,18 +15,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from max.dtype import DType
 from max.engine import Model
 from max.graph import Graph, Module
-from whisper.model import ModelDimensions
 
 from harness.max_whisper.engine import Engine, GraphSpec
+from harness.max_whisper.host_arrays import HostArray
 from harness.max_whisper.layers import Declared, check_bound
 from harness.max_whisper.quantized import FLOAT32, WeightsMode
 from harness.max_whisper.variant import FAITHFUL, Variant
-from harness.max_whisper.weights import fault_remapped, registry
+from harness.max_whisper.weights import StateDict, fault_remapped, registry
 from harness.stages import __file__ as STAGES_FILE
+
+if TYPE_CHECKING:
+    from harness.openai_whisper import ModelDimensions
 
 
 class BoundGraphs:
@@ -40,7 +44,7 @@ class BoundGraphs:
     def __init__(
         self,
         dims: ModelDimensions,
-        state_dict: Mapping[str, torch.Tensor],
+        state_dict: StateDict,
         engine: Engine,
         variant: Variant = FAITHFUL,
         weights: WeightsMode | str = FLOAT32,
@@ -62,7 +66,7 @@ class BoundGraphs:
             self.adopt(kind, prefix, self.engine.bind(name, weights))
         return self._models[key]
 
-    def binding(self, kind: str, prefix: str) -> tuple[str, dict[str, torch.Tensor]]:
+    def binding(self, kind: str, prefix: str) -> tuple[str, dict[str, HostArray]]:
         """The graph of ``kind``'s name, compiled, and its weights under ``prefix``: what
         ``Engine.bind_many`` takes, to bind several graphs of a unit at once."""
         name = self.graph_name(kind)
@@ -108,7 +112,7 @@ class BoundGraphs:
 
     def weights(
         self, kind: str, prefix: str, declared: Mapping[str, Declared]
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, HostArray]:
         """The weights a graph ``declared``, relative to the module at ``prefix``."""
         return registry(self.state_dict, prefix, declared, self.dtype)
 
@@ -125,8 +129,8 @@ class BoundGraphs:
         return "v" + hashlib.sha256(repr(self.variant).encode()).hexdigest()[:12]
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.engine.torch_dtype
+    def dtype(self) -> DType:
+        return self.engine.dtype
 
 
 @cache

@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from weakref import WeakKeyDictionary
 
-import torch
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorValue, Weight, ops
 from max.graph.quantization import QuantizationEncoding
 
 from harness.max_whisper import quantized
+from harness.max_whisper.host_arrays import HostArray
 from harness.max_whisper.quantized import FLOAT32, WeightsMode
 from harness.max_whisper.variant import Variant
 
@@ -67,7 +67,7 @@ def declare_call(subgraph: Graph, prefix: str) -> None:
 
 
 def check_bound(
-    declared: Mapping[str, Declared], weights: Mapping[str, torch.Tensor], graph_name: str
+    declared: Mapping[str, Declared], weights: Mapping[str, HostArray], graph_name: str
 ) -> None:
     """Refuse a weight whose shape or dtype is not what graph ``graph_name`` declared, naming it.
 

@@ -26,21 +26,25 @@ the model the mel feeds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from importlib.util import find_spec
+from pathlib import Path
 
 import numpy as np
-import torch
 from max.dtype import DType
 from max.engine import Model
 from max.graph import Dim, Graph, Module, TensorType, TensorValue, ops
-from whisper.audio import HOP_LENGTH, N_FFT, mel_filters
 
 from harness.errors import HarnessError
 from harness.max_whisper.engine import Engine, GraphSpec, to_numpy
 from harness.max_whisper.graphs import source_digest
+from harness.max_whisper.host_arrays import HostArray
 from harness.max_whisper.layers import Scope
 from harness.max_whisper.variant import FAITHFUL, Variant
+from harness.openai_whisper import HOP_LENGTH, N_FFT, mel_filters
+from harness.paths import cache_dir, write_text_whole
 
 N_BINS = N_FFT // 2 + 1  # rfft bins, DC to Nyquist
 CENTER_PAD = N_FFT // 2  # torch.stft(center=True) reflect padding on each side
@@ -54,11 +58,34 @@ def dft_basis() -> np.ndarray:
     The phase index ``n·k`` is reduced mod N_FFT so every angle is exact in float64, and the
     windowed basis is rounded to float32 once.
     """
-    window = torch.hann_window(N_FFT, dtype=torch.float32).double().numpy()
+    window = hann_window().astype(np.float64)
     n = np.arange(N_FFT)
     angle = 2 * np.pi * (np.outer(n, np.arange(N_BINS)) % N_FFT) / N_FFT
     basis = np.concatenate([np.cos(angle), -np.sin(angle)], axis=1) * window[:, None]
     return basis.astype(np.float32)
+
+
+def hann_window() -> np.ndarray:
+    """whisper's window, ``torch.hann_window(N_FFT)`` in float32, kept in the cache once
+    computed, so that a transcription on MAX need not import PyTorch (``host_arrays.py``).
+    PyTorch's vectorised cosine is not NumPy's (their float32 windows differ in 26 of 400
+    values here), so the window is PyTorch's own; it is kept per installed PyTorch (its
+    ``__init__.py``'s path and modification time), which computed it."""
+    torch_init = Path(find_spec("torch").origin)  # found, not imported
+    installed = f"{torch_init}:{torch_init.stat().st_mtime_ns}"
+    tag = hashlib.sha256(installed.encode()).hexdigest()[:16]
+    path = cache_dir() / "max-whisper" / f"hann-window-{N_FFT}-{tag}.json"
+    try:
+        window = np.array(json.loads(path.read_text()), dtype=np.float32)
+    except (OSError, ValueError):
+        window = None
+    if window is not None and window.shape == (N_FFT,):
+        return window
+    import torch  # noqa: PLC0415 - only to compute the window once
+
+    window = torch.hann_window(N_FFT, dtype=torch.float32).numpy()
+    write_text_whole(path, json.dumps(window.tolist()))  # float32 values are exact in JSON
+    return window
 
 
 def frames(padded: TensorValue, n_frames: Dim) -> TensorValue:
@@ -128,11 +155,11 @@ class MaxLogMel:
             self._model = self.engine.bind(*self.binding())
         return self._model
 
-    def binding(self) -> tuple[str, dict[str, torch.Tensor]]:
+    def binding(self) -> tuple[str, dict[str, HostArray]]:
         """The graph's name, compiled, and its weights (see ``BoundGraphs.binding``)."""
         self.engine.compile_together([self.spec])
-        filters = mel_filters("cpu", self.n_mels).T.contiguous()
-        return self.graph_name, {"dft_basis": torch.from_numpy(dft_basis()), "mel_filters": filters}
+        filters = np.ascontiguousarray(mel_filters(self.n_mels).T)
+        return self.graph_name, {"dft_basis": dft_basis(), "mel_filters": filters}
 
     def adopt(self, model: Model) -> None:
         self._model = model

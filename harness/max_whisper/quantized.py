@@ -42,11 +42,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from max.dtype import DType
 from max.graph import TensorValue, Weight, ops
 from max.graph.quantization import QuantizationEncoding
 
+from harness.max_whisper.host_arrays import HostArray, host_array
 from harness.paths import cache_dir, evict_least_recent, write_text_whole
 
 ENCODINGS = {
@@ -55,7 +55,6 @@ ENCODINGS = {
     "q6_k": QuantizationEncoding.Q6_K,
 }
 HALF = {"float16": DType.float16, "bfloat16": DType.bfloat16}
-TORCH_HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # An encoding and a second one for what the first leaves out: x @ Wᵀ = x @ Q6ᵀ + x @ (W - Q6)ᵀ,
 # two products summed. Base's logits product on a random activation: relative error 2.9% in
 # q6_k, 0.61% with the residual in q4_0, 0.046% in float16; 1.75, 3.08 and 4.60 ms (Xeon, 200
@@ -210,13 +209,13 @@ def _qmatmul(
     return y if rows == n_out else ops.slice_tensor(y, [slice(None), slice(0, n_out)])
 
 
-def layout(tensor: torch.Tensor, encoding: str, known_as: str | None = None) -> torch.Tensor:
+def layout(matrix: np.ndarray, encoding: str, known_as: str | None = None) -> HostArray:
     """The stored form of an (n_out, n_in) float matrix in ``encoding`` (see ``project``);
     ``known_as``: see ``kept_quantize``."""
     if encoding in HALF:
-        return tensor.to(TORCH_HALF[encoding]).contiguous()
-    w = tensor.detach().to(torch.float32).numpy()
-    return torch.from_numpy(kept_quantize(w, encoding, padded_rows(w.shape[0]), known_as))
+        return host_array(matrix, HALF[encoding])
+    w = np.asarray(matrix, dtype=np.float32)
+    return kept_quantize(w, encoding, padded_rows(w.shape[0]), known_as)
 
 
 def kept_quantize(

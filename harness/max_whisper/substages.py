@@ -14,12 +14,12 @@ from collections.abc import Callable
 import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, ops
-from whisper.model import ModelDimensions
 
 from harness.max_whisper import decoder, encoder
 from harness.max_whisper.engine import to_numpy
 from harness.max_whisper.graphs import BoundGraphs
 from harness.max_whisper.layers import Scope, layer_norm, mlp
+from harness.openai_whisper import ModelDimensions
 from harness.stages import Stage
 
 

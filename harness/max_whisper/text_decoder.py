@@ -20,14 +20,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
-import torch
 from max.driver import Buffer
 from max.dtype import DType
 from max.graph import BufferType, DeviceRef, Graph, Module, TensorType, Value, ops
 
-from harness.max_whisper import decoder, greedy, layers
+from harness.max_whisper import decoder, layers, selection
 from harness.max_whisper.engine import to_numpy
 from harness.max_whisper.graphs import BoundGraphs
+from harness.max_whisper.host_arrays import HostArray, host_array
 from harness.max_whisper.layers import Declared, Scope
 from harness.max_whisper.weights import registry
 from harness.stages import Stage, decoder_stages
@@ -171,14 +171,16 @@ class MaxTextDecoder(BoundGraphs):
         shape = (batch, d.n_text_head, d.n_text_ctx, d.n_text_state // d.n_text_head)
         if self._cache and self._cache[0].shape == shape:
             return  # stale rows hold finite K/V of an earlier sequence, masked like zeros
-        zeros = torch.zeros(shape, dtype=self.engine.torch_dtype)
-        self._cache = [self.engine.to_device(zeros.clone()) for _ in range(2 * d.n_text_layer)]
+        self._cache = [  # each its own zeros: a buffer over NumPy's array is a view of it
+            self.engine.to_device(host_array(np.zeros(shape, np.float32), self.dtype))
+            for _ in range(2 * d.n_text_layer)
+        ]
 
     # -- graphs ---------------------------------------------------------------------------------
 
     def weights(
         self, kind: str, prefix: str, declared: Mapping[str, Declared]
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, HostArray]:
         """The registry for a graph of ``kind``, relative to ``prefix``, in the step's layout."""
         few_rows = kind in FEW_ROWS
         return registry(self.state_dict, prefix, declared, self.dtype, few_rows, self.state_id)
@@ -286,6 +288,6 @@ class MaxTextDecoder(BoundGraphs):
             "step": ([tokens, offset] + [cross] * n_kv + [cache] * n_kv + [picked], step),
             "select": (
                 [scores, suppress, bounds, begin],
-                lambda s, i: greedy.selection(*(x.tensor for x in i), device),
+                lambda s, i: selection.selection(*(x.tensor for x in i), device),
             ),
         }

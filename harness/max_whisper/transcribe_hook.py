@@ -19,31 +19,29 @@ import torch
 
 from harness.errors import HarnessError
 from harness.inputs.audio import load_audio
-from harness.max_whisper.mel import MaxLogMel
 
 # ``whisper.transcribe`` the attribute is the function (``whisper/__init__.py`` re-exports it),
 # so the module is fetched by its import path.
 TRANSCRIBE_MODULE = importlib.import_module("whisper.transcribe")
 
 
+# The log-mel of a waveform with that many samples of padding past its end: MAX's (``MaxLogMel``)
+MelOf = Callable[[np.ndarray, int], np.ndarray]
+
+
 @contextmanager
-def max_log_mel(
-    mel: MaxLogMel, computed: Callable[[np.ndarray, int], None] | None = None
-) -> Iterator[None]:
-    """Within the context, ``whisper.transcribe(...)`` gets its mel from ``mel``; ``computed``,
-    if given, is told each spectrogram and the padding it was asked with, before ``transcribe``
-    gets it."""
+def max_log_mel(n_mels: int, mel: MelOf) -> Iterator[None]:
+    """Within the context, ``whisper.transcribe(...)`` gets its ``n_mels``-band log-mel from
+    ``mel(audio, padding)``."""
     original = TRANSCRIBE_MODULE.log_mel_spectrogram
-    TRANSCRIBE_MODULE.log_mel_spectrogram = _log_mel_spectrogram(mel, computed)
+    TRANSCRIBE_MODULE.log_mel_spectrogram = _log_mel_spectrogram(n_mels, mel)
     try:
         yield
     finally:
         TRANSCRIBE_MODULE.log_mel_spectrogram = original
 
 
-def _log_mel_spectrogram(
-    mel: MaxLogMel, computed: Callable[[np.ndarray, int], None] | None
-) -> Callable[..., torch.Tensor]:
+def _log_mel_spectrogram(n_bands: int, mel: MelOf) -> Callable[..., torch.Tensor]:
     """A stand-in with ``whisper.audio.log_mel_spectrogram``'s signature and return type."""
 
     def log_mel_spectrogram(
@@ -52,16 +50,13 @@ def _log_mel_spectrogram(
         padding: int = 0,
         device: str | torch.device | None = None,
     ) -> torch.Tensor:
-        if n_mels != mel.n_mels:
-            raise HarnessError(f"the model expects {n_mels} mel bands, MAX mel has {mel.n_mels}")
+        if n_mels != n_bands:
+            raise HarnessError(f"the model expects {n_mels} mel bands, MAX mel has {n_bands}")
         if isinstance(audio, str):
             audio = load_audio(audio)
         elif isinstance(audio, torch.Tensor):
             audio = audio.detach().cpu().numpy()
-        spectrogram = mel(audio, padding=padding)
-        if computed:
-            computed(spectrogram, padding)
-        as_torch = torch.from_numpy(spectrogram)
+        as_torch = torch.from_numpy(mel(audio, padding))
         return as_torch if device is None else as_torch.to(device)
 
     return log_mel_spectrogram

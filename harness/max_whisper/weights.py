@@ -15,31 +15,38 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
-import torch
-from whisper.model import ModelDimensions
+import numpy as np
+from max.dtype import DType
 
 from harness.max_whisper import quantized
+from harness.max_whisper.host_arrays import HostArray, host_array
 from harness.max_whisper.variant import Variant
+
+if TYPE_CHECKING:
+    from harness.openai_whisper import ModelDimensions
+
+# A state dict's values: NumPy arrays, or torch tensors (read through ``np.asarray``)
+StateDict = Mapping[str, Any]
 
 LINEAR_WEIGHT = re.compile(r"(^|\.)(query|key|value|out|mlp\.0|mlp\.2)\.weight$")
 CONV_WEIGHT = re.compile(r"(^|\.)conv[12]\.weight$")
 CROSS_KV = ("cross_attn.key.weight", "cross_attn.value.weight", "cross_attn.value.bias")
 
 
-def to_max_layout(name: str, tensor: torch.Tensor, few_rows: bool = False) -> torch.Tensor:
-    """The tensor a MAX graph expects for state-dict entry ``name`` (``few_rows``: a graph whose
-    linear layers keep PyTorch's (out, in) layout, see ``layers.linear``)."""
+def to_max_layout(name: str, tensor: Any, few_rows: bool = False) -> np.ndarray:
+    """The array a MAX graph expects for state-dict entry ``name`` (``few_rows``: a graph whose
+    linear layers keep PyTorch's (out, in) layout, see ``layers.linear``), as a view."""
+    array = np.asarray(tensor)
     if LINEAR_WEIGHT.search(name):
-        return tensor if few_rows else tensor.t()
+        return array if few_rows else array.T
     if CONV_WEIGHT.search(name):
-        return tensor.permute(2, 1, 0).unsqueeze(0)  # (out, in, k) -> (1, k, in, out)
-    return tensor
+        return array.transpose(2, 1, 0)[None]  # (out, in, k) -> (1, k, in, out)
+    return array
 
 
-def fault_remapped(
-    state_dict: Mapping[str, torch.Tensor], variant: Variant, dims: ModelDimensions
-) -> Mapping[str, torch.Tensor]:
+def fault_remapped(state_dict: StateDict, variant: Variant, dims: ModelDimensions) -> StateDict:
     """The state dict as a variant's graphs read it: the faults that are a matter of which weight
     goes where live here, as renames, so the graph builders never see them.
 
@@ -52,7 +59,7 @@ def fault_remapped(
     remapped = dict(state_dict)
     if variant.positional_shift:
         name = "encoder.positional_embedding"
-        remapped[name] = torch.roll(state_dict[name], -variant.positional_shift, dims=0)
+        remapped[name] = np.roll(np.asarray(state_dict[name]), -variant.positional_shift, axis=0)
     n_layer = dims.n_text_layer
     for i in range(n_layer) if variant.cross_kv_from_block else ():
         source = (i + variant.cross_kv_from_block) % n_layer
@@ -62,13 +69,13 @@ def fault_remapped(
 
 
 def registry(
-    state_dict: Mapping[str, torch.Tensor],
+    state_dict: StateDict,
     prefix: str,
     names: Iterable[str],
-    dtype: torch.dtype,
+    dtype: DType,
     few_rows: bool = False,
     state_id: str | None = None,
-) -> dict[str, torch.Tensor]:
+) -> dict[str, HostArray]:
     """Weights for a graph that declared ``names`` relative to the module at ``prefix``.
     ``state_id``: what stands for ``state_dict``'s values (``BoundGraphs.state_id``).
 
@@ -85,5 +92,5 @@ def registry(
             known_as = f"{state_id}/{key}" if state_id else None
             weights[name] = quantized.layout(tensor, stored.group(2), known_as)
         else:
-            weights[name] = to_max_layout(key, state_dict[key], few_rows).to(dtype).contiguous()
+            weights[name] = host_array(to_max_layout(key, state_dict[key], few_rows), dtype)
     return weights

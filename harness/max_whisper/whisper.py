@@ -10,7 +10,6 @@ and every one of those calls is served by MAX graphs.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -20,20 +19,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from whisper.audio import N_FRAMES, N_SAMPLES
 from whisper.decoding import DecodingOptions, DecodingResult, DecodingTask, detect_language
-from whisper.model import ModelDimensions
 
 from harness.inputs.checkpoints import Checkpoint
 from harness.max_whisper import greedy
-from harness.max_whisper.audio_encoder import MaxAudioEncoder
 from harness.max_whisper.engine import Engine
 from harness.max_whisper.greedy import GreedyRules
 from harness.max_whisper.inference import MaxInference
-from harness.max_whisper.mel import MaxLogMel
-from harness.max_whisper.text_decoder import MaxTextDecoder
+from harness.max_whisper.parts import MaxParts, first_window
 from harness.max_whisper.transcribe_hook import max_log_mel
 from harness.max_whisper.variant import FAITHFUL, Variant
+from harness.openai_whisper import N_SAMPLES, ModelDimensions
 
 
 class MaxWhisper:
@@ -45,88 +41,71 @@ class MaxWhisper:
         engine: Engine,
         variant: Variant = FAITHFUL,
         weights: str = "float32",
+        parts: MaxParts | None = None,
     ) -> None:
         """``weights``: how the decoding step stores its matrices (``quantized.WeightsMode``
-        spec: ``float32``, ``q4_0``, ``float16:logits``, ...); every other graph is float32."""
-        self.weights = weights
-        self.engine = engine
-        self.dims = checkpoint.dims
+        spec: ``float32``, ``q4_0``, ``float16:logits``, ...); every other graph is float32.
+        ``parts``: this checkpoint's MAX graphs made already (a transcription ``start``ed
+        before PyTorch was imported), else made here."""
+        self.parts = parts or MaxParts(checkpoint, engine, variant, weights)
+        self.weights, self.engine, self.dims = self.parts.weights, engine, checkpoint.dims
+        self.log_mel = self.parts.log_mel
+        self.audio_encoder = self.parts.audio_encoder
+        self.text_decoder = self.parts.text_decoder
         self.device = torch.device("cpu")  # where decoding keeps its token tensors
         self.is_multilingual = checkpoint.is_multilingual
         self.num_languages = checkpoint.num_languages
-        state = checkpoint.state_dict()
-        self.log_mel = MaxLogMel(self.dims.n_mels, engine, variant)
-        self.audio_encoder = MaxAudioEncoder(self.dims, state, engine, variant)
-        identity = checkpoint.identity
-        self.text_decoder = MaxTextDecoder(self.dims, state, engine, variant, weights, identity)
-        self._loaded = False
-        self._first_window: tuple[np.ndarray, Future[torch.Tensor]] | None = None
-        self._encoding = threading.Lock()
+        self._first_window: tuple[np.ndarray, Future[np.ndarray]] | None = None
 
     @property
     def name(self) -> str:
-        """Its key in parity.json: ``max`` for float32 weights, ``max-<weights>`` otherwise."""
-        return "max" if self.weights == "float32" else f"max-{self.weights}"
+        return self.parts.name
 
     @property
     def label(self) -> str:
-        dtype = self.engine.dtype.name
-        return f"MAX {dtype}" if self.weights == "float32" else f"MAX {self.weights} decoding"
+        return self.parts.label
 
     def load(self) -> None:
-        """Compile what is not compiled yet and bind the weights of every graph transcription
-        runs. Its graphs are one MAX module (``Engine.compile_together``): one compile, or one
-        read from the store, for the log-mel, the encoder and the decoding graphs."""
-        if self._loaded:
-            return
-        decoding = self.text_decoder.unit("step")
-        specs = [self.log_mel.spec, *self.audio_encoder.specs("encoder")]
-        self.engine.compile_together(specs + self.text_decoder.specs(*decoding))
-        graphs = [(self.audio_encoder, "encoder", "encoder.")]
-        graphs += [(self.text_decoder, kind, "decoder.") for kind in ("cross_kv", "step", "select")]
-        wanted = [(self.log_mel.binding(), self.log_mel.adopt)]
-        wanted += [(g.binding(kind, p), partial(g.adopt, kind, p)) for g, kind, p in graphs]
-        models = self.engine.bind_many(dict(binding for binding, _ in wanted))  # one init_all
-        for (name, _), adopt in wanted:
-            adopt(models[name])
-        self._loaded = True
+        self.parts.load()
 
     @contextlib.contextmanager
     def transcribing(self) -> Iterator[None]:
         """What ``pipeline.transcribe`` runs openai-whisper's ``transcribe`` in: every graph
         loaded, the log-mel computed by MAX's, and the first window encoded as soon as its mel
-        is there (``_encode_first_window``)."""
+        is there (``_transcription_mel``)."""
         self.load()
-        with (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="max-encoder") as pool,
-            max_log_mel(self.log_mel, partial(self._encode_first_window, pool)),
-        ):
-            try:
-                yield
-            finally:
-                self._first_window = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="max-encoder") as pool:
+            with max_log_mel(self.dims.n_mels, partial(self._transcription_mel, pool)):
+                try:
+                    yield
+                finally:
+                    self._first_window = self.parts.started = None
 
-    def _encode_first_window(self, pool: ThreadPoolExecutor, mel: np.ndarray, padding: int) -> None:
-        """Start encoding the window ``transcribe`` decodes first, while it loads its tokenizer
-        (~0.06 s of Python the first time in a process): the first 30 s of a mel asked for with
-        30 s of padding past the audio, zero-padded as ``pad_or_trim`` pads it. ``decode`` takes
-        the result only for exactly that window (``_encoding_ahead``)."""
+    def _transcription_mel(
+        self, pool: ThreadPoolExecutor, audio: np.ndarray, padding: int
+    ) -> np.ndarray:
+        """The log-mel ``transcribe`` asks for; for the mel of a whole transcription (30 s of
+        padding past the audio), its first window's encoding is started at once, on the
+        encoder's thread, while ``transcribe`` loads its tokenizer (~0.06 s of Python the first
+        time in a process): or was, with the mel, if the parts ``start``ed this very audio.
+        ``decode`` takes that encoding only for exactly that window (``_encoding_ahead``)."""
+        started, self.parts.started = self.parts.started, None
         if padding != N_SAMPLES:
-            return
-        content = min(mel.shape[-1] - N_FRAMES, N_FRAMES)
-        window = np.zeros((1, mel.shape[0], N_FRAMES), dtype=np.float32)
-        window[0, :, :content] = mel[:, :content]
-        self._first_window = (window, pool.submit(self.encoder, torch.from_numpy(window)))
+            return self.log_mel(audio, padding=padding)
+        if started and np.array_equal(started.audio, audio):
+            mel, features = started.mel.result(), started.features
+        else:
+            mel = self.log_mel(audio, padding=padding)
+            features = pool.submit(self.parts.encode, first_window(mel))
+        self._first_window = (first_window(mel), features)
+        return mel
 
     def log_mel_spectrogram(self, audio: np.ndarray) -> torch.Tensor:
         """(n_mels, frames) of ``audio`` by MAX's log-mel graph (``pipeline.log_mel``)."""
         return torch.from_numpy(self.log_mel(audio))
 
     def encoder(self, mel: torch.Tensor) -> torch.Tensor:
-        """One encoding at a time: language identification may ask while the first window's
-        encoding is under way (``_encode_first_window``)."""
-        with self._encoding:
-            return torch.from_numpy(self.audio_encoder(mel.float().numpy()))
+        return torch.from_numpy(self.parts.encode(mel.float().numpy()))
 
     def logits(self, tokens: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         """Whole-sequence logits, uncached: what ``detect_language`` asks of the model."""
@@ -152,7 +131,7 @@ class MaxWhisper:
     @contextlib.contextmanager
     def _encoding_ahead(
         self, mel: torch.Tensor, options: DecodingOptions
-    ) -> Iterator[Future[torch.Tensor] | None]:
+    ) -> Iterator[Future[np.ndarray] | None]:
         """The encoder started on a thread of its own (for a transcription's first window,
         earlier still: ``_encode_first_window``) while openai-whisper builds the decoding task:
         its tokenizer and suppression list are ~0.15 s of Python the first time in a process,
@@ -168,7 +147,7 @@ class MaxWhisper:
             yield first[1]
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="max-encoder") as pool:
-            yield pool.submit(self.encoder, mel)  # leaving waits for it, on error too
+            yield pool.submit(self.parts.encode, mel.float().numpy())  # leaving waits for it
 
 
 @contextlib.contextmanager
@@ -206,7 +185,7 @@ class MaxDecodingTask(DecodingTask):
         self,
         model: MaxWhisper,
         options: DecodingOptions,
-        encoding: Future[torch.Tensor] | None = None,
+        encoding: Future[np.ndarray] | None = None,
     ) -> None:
         """``encoding``: the audio features of the mel ``run`` will get, already under way."""
         super().__init__(
@@ -222,7 +201,7 @@ class MaxDecodingTask(DecodingTask):
     def _get_audio_features(self, mel: torch.Tensor) -> torch.Tensor:
         if self.encoding is None:
             return super()._get_audio_features(mel)
-        return self.encoding.result()
+        return torch.from_numpy(self.encoding.result())
 
     def _main_loop(
         self, audio_features: torch.Tensor, tokens: torch.Tensor
