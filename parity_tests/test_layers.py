@@ -185,8 +185,8 @@ def max_weights(graph: Graph, model: nn.Module) -> dict[str, torch.Tensor]:
     ``MaxTextDecoder.weights``)."""
     state_dict = model.state_dict()
     names = set(declared_weights(graph))
-    weights = registry(state_dict, "", names - FEW_ROWS_WEIGHTS, torch.float32)
-    return weights | registry(state_dict, "", FEW_ROWS_WEIGHTS, torch.float32, few_rows=True)
+    weights = registry(state_dict, "", names - FEW_ROWS_WEIGHTS, DType.float32)
+    return weights | registry(state_dict, "", FEW_ROWS_WEIGHTS, DType.float32, few_rows=True)
 
 
 def bind(

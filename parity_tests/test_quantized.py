@@ -82,13 +82,13 @@ def product(engine):
         unpacked = [ops.dequantize(ENCODINGS[e], w) for e, w in zip(ENCODINGS, packed, strict=True)]
         g.output(*products, *unpacked)
     names = list(g._weights)
-    weights = registry({"w": torch.from_numpy(weight)}, "", names, torch.float32, few_rows=True)
+    weights = registry({"w": weight}, "", names, DType.float32, few_rows=True)
     compiled = engine.compile(lambda: g, g.name)
     outputs = engine.init(compiled, weights).execute(Buffer.from_numpy(x))
     arrays = iter(o.to_numpy() for o in outputs)
     products = {mode: next(arrays) for mode in MODES}
     unpacked = {encoding: next(arrays) for encoding in ENCODINGS}
-    packed_numpy = {e: weights[f"w.{e}"].numpy() for e in (*ENCODINGS, *RESIDUAL)}
+    packed_numpy = {e: weights[f"w.{e}"] for e in (*ENCODINGS, *RESIDUAL)}
     return x, weight, products, unpacked, packed_numpy
 
 

@@ -22,6 +22,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from harness.errors import HarnessError
 from harness.inputs import pretrained
 from harness.inputs.validation import sha256, validate
@@ -89,11 +91,14 @@ class Checkpoint:
 
         return {name: torch.as_tensor(array).float() for name, array in self.arrays().items()}
 
-    def arrays(self) -> dict[str, Any]:
-        """The weights as stored, float16 or float32, NumPy arrays where the file is read
-        without PyTorch (``validate``): what the MAX model binds (``MaxParts``), converting
-        each to its graph's dtype as it binds it."""
-        return self.stored
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The weights as NumPy arrays, float16 or float32 as stored where the file is read
+        without PyTorch (``validate``), float32 where torch read it (bfloat16 has no NumPy
+        type): what the MAX model binds (``MaxParts``), in its graphs' dtype as it binds."""
+        return {
+            name: value if isinstance(value, np.ndarray) else value.float().numpy()
+            for name, value in self.stored.items()
+        }
 
     @property
     def is_multilingual(self) -> bool:
