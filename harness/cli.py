@@ -247,7 +247,7 @@ def _transcribe(args: argparse.Namespace) -> int:
             on_compile=progress.compiling,
             on_load=lambda graph: progress(f"loading {graph} from the compiled-graph cache"),
         )
-        parts = _started(spec, engine, args.weights, audio, args.batch_size)
+        parts = _started(spec, engine, audio, args)
     checkpoint = checkpoints.load(spec)  # imports openai-whisper and PyTorch
     if args.backend == "max":
         if parts and parts.identity != checkpoint.identity:
@@ -267,20 +267,22 @@ def _transcribe(args: argparse.Namespace) -> int:
 
 
 def _started(
-    spec: str, engine: max_engine.Engine, weights: str, audio: np.ndarray, batch_size: int | None
+    spec: str, engine: max_engine.Engine, audio: np.ndarray, args: argparse.Namespace
 ) -> max_parts.MaxParts | None:
     """MAX's part of a transcription, begun before openai-whisper and PyTorch are imported:
-    on the checkpoint ``spec`` resolved to last time, if unchanged, its graphs are loaded, the
-    log-mel computed and the first window encoded on a thread of their own
-    (``MaxParts.start``), outside the GIL, while this thread imports them (~1 s here). None
-    for a checkpoint never resolved before, or for batched decoding, which asks for other
-    windows."""
+    on the checkpoint ``spec`` resolved to last time, if unchanged, its graphs are bound, the
+    log-mel computed and the windows ``transcribe`` asks for first encoded (language
+    identification's where it will identify it, then the first decoded) on a thread of their
+    own (``MaxParts.start``), outside the GIL, while this thread imports them (~1 s here).
+    Not started for batched decoding, which asks for other windows; None for a checkpoint
+    never resolved before."""
     remembered = checkpoints.remembered(spec)
     if remembered is None:
         return None
-    parts = max_parts.MaxParts(remembered, engine, weights=weights)
-    if not batch_size:
-        parts.start(audio)
+    parts = max_parts.MaxParts(remembered, engine, weights=args.weights)
+    if not args.batch_size:
+        identify = args.language is None and remembered.is_multilingual
+        parts.start(audio, identify_language=identify)
     return parts
 
 

@@ -41,6 +41,11 @@ class ModelDimensions:
     n_text_layer: int
 
 
+def is_multilingual(dims: ModelDimensions) -> bool:
+    """``whisper.Whisper.is_multilingual``'s rule: the multilingual vocabulary is larger."""
+    return dims.n_vocab >= 51865
+
+
 def package_dir() -> Path:
     """openai-whisper's installed package folder, found without running its ``__init__``."""
     spec = find_spec("whisper")

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import fields, replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -431,6 +432,11 @@ def test_what_is_read_of_openai_whisper_without_importing_it_is_openai_whispers(
         assert getattr(openai_whisper, name) == getattr(whisper.audio, name), name
     ours, theirs = fields(openai_whisper.ModelDimensions), fields(whisper.model.ModelDimensions)
     assert [f.name for f in ours] == [f.name for f in theirs]
+    for name in ("tiny.en", "base"):
+        dims = official_dims(name)
+        assert openai_whisper.is_multilingual(dims) == whisper.model.Whisper.is_multilingual.fget(
+            SimpleNamespace(dims=dims)
+        )
     for n_mels in (80, 128):
         expected = whisper.audio.mel_filters("cpu", n_mels).numpy()
         assert np.array_equal(openai_whisper.mel_filters(n_mels), expected)
@@ -472,7 +478,7 @@ def test_the_max_model_starts_a_transcription_without_pytorch(load_checkpoint):
         "from harness.max_whisper.parts import MaxParts\n"
         "parts = MaxParts(checkpoints.remembered('tiny.en'), Engine())\n"
         f"parts.start(load_audio('{SHORT}'))\n"
-        "features = parts.started.features.result()\n"
+        "features = parts.started.encodings[-1][1].result()\n"
         "heavy = ('torch', 'whisper', 'numba')\n"
         "print(features.shape, [m for m in heavy if type(sys.modules.get(m)).__name__ == 'module'])"
     )
@@ -489,7 +495,7 @@ def test_transcribe_starts_again_when_the_checkpoint_resolves_to_another_file(
     stale = load_checkpoint("fixture:speech")
     started = []
     monkeypatch.setattr(checkpoints, "remembered", lambda spec: stale)
-    monkeypatch.setattr(MaxParts, "start", lambda self, audio: started.append(self.identity))
+    monkeypatch.setattr(MaxParts, "start", lambda self, audio, **how: started.append(self.identity))
     assert cli.main(["transcribe", str(SHORT), "--model", "tiny.en", "--language", "en"]) == 0
     assert started == [stale.identity]
     assert capsys.readouterr().out.strip() == expected.text.strip()

@@ -6,22 +6,24 @@ whole transcriptions of real speech through both loops on the same MAX model.
 """
 
 import threading
+from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+import whisper
 from whisper.decoding import DecodingOptions, DecodingTask, GreedyDecoder
 
 from harness.compare.transcripts import transcription_language
 from harness.inputs.audio import load_audio
 from harness.max_whisper.greedy import GreedyRules
 from harness.max_whisper.mel import MaxLogMel
-from harness.max_whisper.parts import MaxParts
+from harness.max_whisper.parts import MaxParts, first_window, language_window
 from harness.max_whisper.text_decoder import MaxTextDecoder
 from harness.max_whisper.whisper import MaxDecodingTask, MaxWhisper
-from harness.openai_whisper import N_SAMPLES
+from harness.openai_whisper import N_FRAMES, N_SAMPLES
 from harness.paths import FIXTURES
 from harness.pipeline.transcribe import transcribe
 
@@ -176,7 +178,7 @@ def test_a_transcription_encodes_its_first_window_before_decoding_asks(model, mo
 
     def head_start(self, *args):
         mel = transcription_mel(self, *args)
-        started.append(self._first_window[1])
+        started.append(self._under_way[0][1])
         return mel
 
     monkeypatch.setattr(MaxWhisper, "_transcription_mel", head_start)
@@ -208,11 +210,43 @@ def test_a_transcription_started_before_pytorch_takes_its_mel_and_first_window(
     result = transcribe(MaxWhisper(checkpoint, engine, parts=parts), audio)
     assert result.tokens == expected.tokens
     assert len(mels) == 1 and len(threads) == 1 and threads[0].startswith("max-encoder")
-    assert given == [started.features] and parts.started is None
+    assert given == [started.encodings[-1][1]] and parts.started is None
     parts.start(audio[: len(audio) // 2])  # other audio: started, and not taken
     other = parts.started
     assert transcribe(MaxWhisper(checkpoint, engine, parts=parts), audio).tokens == result.tokens
-    assert given[-1] is not other.features and parts.started is None and len(mels) == 3
+    assert given[-1] is not other.encodings[-1][1] and parts.started is None and len(mels) == 3
+
+
+def test_language_identification_takes_the_first_windows_encoding_under_way(model, monkeypatch):
+    """openai-whisper identifies the language on the first window before decoding it: the
+    model's ``encoder`` gives the encoding the transcription started for that window, and
+    encodes any other window itself."""
+    checkpoint, candidate = model
+    window = np.random.default_rng(0).standard_normal((1, 80, 3000)).astype(np.float32)
+    under_way = Future()
+    under_way.set_result(np.full((1, 1500, 384), 7.0, np.float32))
+    monkeypatch.setattr(candidate, "_under_way", [(window, under_way)])
+    threads = spy_on_encodings(monkeypatch)
+    assert np.array_equal(candidate.encoder(torch.from_numpy(window)).numpy(), under_way.result())
+    assert threads == []
+    other = candidate.encoder(torch.from_numpy(window[:, :, ::-1].copy()))
+    assert len(threads) == 1 and not np.array_equal(other.numpy(), under_way.result())
+
+
+def test_a_start_encodes_the_window_transcribe_identifies_the_language_on_first(model, engine):
+    """``MaxParts.start(identify_language=True)``: that window is ``transcribe``'s own
+    (``pad_or_trim`` of its mel, batched as ``detect_language`` batches it), encoded before the
+    first decoded window, and its encoding is the encoder's."""
+    checkpoint, candidate = model
+    audio = load_audio(FIXTURES / "speech" / "librivox_0920.wav")
+    parts = MaxParts(checkpoint, engine)
+    parts.start(audio, identify_language=True)
+    started, mel = parts.started, parts.started.mel.result()
+    assert [window for window, _ in started.encodings] == [language_window, first_window]
+    theirs = whisper.pad_or_trim(torch.from_numpy(mel), N_FRAMES)[None]
+    assert np.array_equal(language_window(mel), theirs.numpy())
+    features = started.encodings[0][1].result()
+    assert np.array_equal(features, candidate.parts.encode(language_window(mel)))
 
 
 def test_encoder_runs_beside_task_setup_with_the_same_result(model, monkeypatch):

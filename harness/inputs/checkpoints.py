@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harness import openai_whisper
 from harness.errors import HarnessError
 from harness.inputs import pretrained
 from harness.inputs.validation import sha256, validate
@@ -102,7 +103,7 @@ class Checkpoint:
 
     @property
     def is_multilingual(self) -> bool:
-        return whisper.model.Whisper.is_multilingual.fget(self)  # openai-whisper's rule
+        return openai_whisper.is_multilingual(self.dims)
 
     @property
     def num_languages(self) -> int:

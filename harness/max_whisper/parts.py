@@ -10,6 +10,7 @@ openai-whisper (``harness.cli``).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -28,14 +29,18 @@ if TYPE_CHECKING:
     from harness.inputs.checkpoints import Checkpoint
 
 
+# A window of a transcription's mel: (mel with 30 s of padding) -> (1, n_mels, N_FRAMES)
+Window = Callable[[np.ndarray], np.ndarray]
+
+
 @dataclass(frozen=True)
 class Started:
     """A transcription begun before it was asked for (``MaxParts.start``): its audio, the
-    log-mel of it as ``whisper.transcribe`` pads it, and the first window's encoding."""
+    log-mel of it as ``whisper.transcribe`` pads it, and encodings of windows of that mel."""
 
     audio: np.ndarray
     mel: Future[np.ndarray]
-    features: Future[np.ndarray]
+    encodings: list[tuple[Window, Future[np.ndarray]]]
 
 
 class MaxParts:
@@ -106,21 +111,33 @@ class MaxParts:
         with self._encoding:
             return self.audio_encoder(mel)
 
-    def start(self, audio: np.ndarray) -> None:
+    def start(self, audio: np.ndarray, identify_language: bool = False) -> None:
         """Begin transcribing ``audio`` before anyone asks: on a thread of its own, bind every
         graph, compute the log-mel as ``whisper.transcribe`` will ask for it (30 s of padding
-        past the audio), then encode the first window. ``MaxWhisper.transcribing`` takes both
-        when ``transcribe`` asks for exactly that."""
+        past the audio), then encode the windows it asks for first, in its order: the one it
+        identifies the language on (``identify_language``), then the first one it decodes.
+        ``MaxWhisper.transcribing`` takes them when ``transcribe`` asks for exactly those."""
         self.compile()  # here, not on the thread (see there); a read from the store, mostly
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="max-encoder")
         mel = pool.submit(self._loaded_mel, audio)
-        features = pool.submit(lambda: self.encode(first_window(mel.result())))
-        pool.shutdown(wait=False)  # the two tasks still run, one after the other
-        self.started = Started(audio, mel, features)
+        windows = [language_window] if identify_language else []
+        encodings = [
+            (window, pool.submit(lambda w: self.encode(w(mel.result())), window))
+            for window in [*windows, first_window]
+        ]
+        pool.shutdown(wait=False)  # the tasks still run, one after the other
+        self.started = Started(audio, mel, encodings)
 
     def _loaded_mel(self, audio: np.ndarray) -> np.ndarray:
         self.load()
         return self.log_mel(audio, padding=N_SAMPLES)
+
+
+def language_window(mel: np.ndarray) -> np.ndarray:
+    """(1, n_mels, N_FRAMES): the window ``transcribe`` identifies the language on, of a mel
+    computed with 30 s of padding past the audio: its first N_FRAMES frames as they are
+    (``pad_or_trim``), the padding's own log-mel included."""
+    return np.ascontiguousarray(mel[None, :, :N_FRAMES])
 
 
 def first_window(mel: np.ndarray) -> np.ndarray:

@@ -55,7 +55,8 @@ class MaxWhisper:
         self.device = torch.device("cpu")  # where decoding keeps its token tensors
         self.is_multilingual = checkpoint.is_multilingual
         self.num_languages = checkpoint.num_languages
-        self._first_window: tuple[np.ndarray, Future[np.ndarray]] | None = None
+        # windows of a transcription's mel and their encodings, started before asked for
+        self._under_way: list[tuple[np.ndarray, Future[np.ndarray]]] = []
 
     @property
     def name(self) -> str:
@@ -79,7 +80,7 @@ class MaxWhisper:
                 try:
                     yield
                 finally:
-                    self._first_window = self.parts.started = None
+                    self._under_way, self.parts.started = [], None
 
     def _transcription_mel(
         self, pool: ThreadPoolExecutor, audio: np.ndarray, padding: int
@@ -88,24 +89,37 @@ class MaxWhisper:
         padding past the audio), its first window's encoding is started at once, on the
         encoder's thread, while ``transcribe`` loads its tokenizer (~0.06 s of Python the first
         time in a process): or was, with the mel, if the parts ``start``ed this very audio.
-        ``decode`` takes that encoding only for exactly that window (``_encoding_ahead``)."""
+        ``encoder`` and ``decode`` take an encoding only for exactly its window."""
         started, self.parts.started = self.parts.started, None
         if padding != N_SAMPLES:
             return self.log_mel(audio, padding=padding)
         if started and np.array_equal(started.audio, audio):
-            mel, features = started.mel.result(), started.features
+            mel = started.mel.result()
+            self._under_way = [(window(mel), encoding) for window, encoding in started.encodings]
         else:
             mel = self.log_mel(audio, padding=padding)
-            features = pool.submit(self.parts.encode, first_window(mel))
-        self._first_window = (first_window(mel), features)
+            window = first_window(mel)
+            self._under_way = [(window, pool.submit(self.parts.encode, window))]
         return mel
+
+    def _encoding_under_way(self, mel: np.ndarray) -> Future[np.ndarray] | None:
+        return next(
+            (e for w, e in self._under_way if w.shape == mel.shape and np.array_equal(w, mel)),
+            None,
+        )
 
     def log_mel_spectrogram(self, audio: np.ndarray) -> torch.Tensor:
         """(n_mels, frames) of ``audio`` by MAX's log-mel graph (``pipeline.log_mel``)."""
         return torch.from_numpy(self.log_mel(audio))
 
     def encoder(self, mel: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.parts.encode(mel.float().numpy()))
+        """Audio features of ``mel``: the encoding under way where it is one of a transcription's
+        windows started early (language identification's, ``MaxParts.start``)."""
+        array = mel.float().numpy()
+        under_way = self._encoding_under_way(array)
+        if under_way is not None:
+            return torch.from_numpy(under_way.result())
+        return torch.from_numpy(self.parts.encode(array))
 
     def logits(self, tokens: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         """Whole-sequence logits, uncached: what ``detect_language`` asks of the model."""
@@ -133,7 +147,7 @@ class MaxWhisper:
         self, mel: torch.Tensor, options: DecodingOptions
     ) -> Iterator[Future[np.ndarray] | None]:
         """The encoder started on a thread of its own (for a transcription's first window,
-        earlier still: ``_encode_first_window``) while openai-whisper builds the decoding task:
+        earlier still: ``_transcription_mel``) while openai-whisper builds the decoding task:
         its tokenizer and suppression list are ~0.15 s of Python the first time in a process,
         and MAX's encoder runs outside the GIL. Tiny.en's encoder and that setup took
         0.49 s one after the other, 0.37-0.40 together. None where the task would not encode
@@ -142,9 +156,9 @@ class MaxWhisper:
         if options.fp16 or mel.shape[-2:] == (d.n_audio_ctx, d.n_audio_state):
             yield None
             return
-        first, self._first_window = self._first_window, None
-        if first and np.array_equal(first[0], mel.numpy()):
-            yield first[1]
+        under_way, self._under_way = self._encoding_under_way(mel.numpy()), []
+        if under_way is not None:
+            yield under_way
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="max-encoder") as pool:
             yield pool.submit(self.parts.encode, mel.float().numpy())  # leaving waits for it
