@@ -83,6 +83,8 @@ class MaxParts:
     def load(self) -> None:
         """Compile what is not compiled yet (``compile``) and bind the weights of every graph
         transcription runs, with one ``init_all``."""
+        if self._loaded:  # every transcription asks
+            return
         self.compile()
         with self._loading:
             if self._loaded:

@@ -43,10 +43,8 @@ class MaxWhisper:
         weights: str = "float32",
         parts: MaxParts | None = None,
     ) -> None:
-        """``weights``: how the decoding step stores its matrices (``quantized.WeightsMode``
-        spec: ``float32``, ``q4_0``, ``float16:logits``, ...); every other graph is float32.
-        ``parts``: this checkpoint's MAX graphs made already (a transcription ``start``ed
-        before PyTorch was imported), else made here."""
+        """The first four as ``MaxParts`` takes them; ``parts``: this checkpoint's MAX graphs
+        made already (a transcription ``start``ed before PyTorch was imported), else made here."""
         self.parts = parts or MaxParts(checkpoint, engine, variant, weights)
         self.weights, self.engine, self.dims = self.parts.weights, engine, checkpoint.dims
         self.log_mel = self.parts.log_mel
